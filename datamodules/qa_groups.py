@@ -1,0 +1,87 @@
+"""`QAGroupsDataModule`: batches of question groups for predict.
+
+Each batch is a plain list of :class:`~paralleldecode.data.records.QuestionGroup`. Under DDP
+Lightning wraps the sequential sampler for predict in an *unrepeated* distributed sampler,
+so every rank gets a disjoint share and no group is padded in twice; the prediction writer
+then merges the ranks' files once.
+"""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from paralleldecode.data.records import DataError, QuestionGroup
+from paralleldecode.data.registry import dataset_names, load_groups
+
+
+class _Groups(Dataset):
+    def __init__(self, groups: list[QuestionGroup]) -> None:
+        self.groups = groups
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> QuestionGroup:
+        return self.groups[i]
+
+
+def _as_list(batch: list[QuestionGroup]) -> list[QuestionGroup]:
+    return batch
+
+
+class QAGroupsDataModule(L.LightningDataModule):
+    """Question groups from a registered data set.
+
+    Args:
+        dataset: a registered data set name (``demo``, ``squad``, ...).
+        data_path: a local file, or a hub id; environment variables are expanded. None
+            uses the data set's default (the bundled file for ``demo``, the hub for others).
+        split: the split to read where the source has several.
+        context_count: sample this many groups (seeded); None keeps all.
+        min_questions: leave out groups with fewer questions.
+        max_questions: split larger groups into chunks of at most this many.
+        seed: seed of the group sample.
+        batch_size: groups per predict batch.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "demo",
+        data_path: str | None = None,
+        split: str = "validation",
+        context_count: int | None = None,
+        min_questions: int = 1,
+        max_questions: int | None = None,
+        seed: int = 0,
+        batch_size: int = 1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if dataset not in dataset_names():
+            raise DataError(
+                f"data.dataset: unknown data set {dataset!r}; registered: {', '.join(dataset_names())}"
+            )
+        if max_questions is not None and min_questions > max_questions:
+            raise DataError(
+                f"data.min_questions ({min_questions}) is larger than data.max_questions ({max_questions})"
+            )
+        if batch_size < 1:
+            raise DataError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.groups: list[QuestionGroup] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.groups is not None:
+            return
+        h = self.hparams
+        path = os.path.expandvars(os.path.expanduser(h.data_path)) if h.data_path else None
+        self.groups = load_groups(
+            h.dataset, data_path=path, split=h.split, min_questions=h.min_questions,
+            max_questions=h.max_questions, context_count=h.context_count, seed=h.seed,
+        )
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(_Groups(self.groups), batch_size=self.hparams.batch_size,
+                          shuffle=False, collate_fn=_as_list)

@@ -1,0 +1,6 @@
+"""LightningModules: thin wiring of the `paralleldecode` library for fit and predict."""
+
+from lightning_modules.strategy_module import StrategyModule
+from lightning_modules.writer import PredictionWriter
+
+__all__ = ["StrategyModule", "PredictionWriter"]

@@ -1,0 +1,10 @@
+"""Data: the shared records, data set adapters, and group selection."""
+
+from paralleldecode.data.demo import load_demo
+from paralleldecode.data.grouping import select_groups
+from paralleldecode.data.records import DataError, Question, QuestionGroup
+from paralleldecode.data.registry import dataset_names, load_groups
+from paralleldecode.data.squad import load_squad
+
+__all__ = ["Question", "QuestionGroup", "DataError", "load_groups", "dataset_names",
+           "select_groups", "load_squad", "load_demo"]

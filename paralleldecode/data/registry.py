@@ -1,0 +1,66 @@
+"""Data sets by name: loaders register here, runs ask for groups by data set name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from paralleldecode.data.demo import load_demo
+from paralleldecode.data.grouping import select_groups
+from paralleldecode.data.records import DataError, QuestionGroup
+from paralleldecode.data.squad import DEFAULT_HUB_ID, load_squad
+
+Loader = Callable[[str | None, str], list[QuestionGroup]]
+
+_LOADERS: dict[str, Loader] = {}
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    """Decorator registering ``fn(data_path, split) -> list[QuestionGroup]`` under ``name``.
+
+    Raises:
+        ValueError: ``name`` is already registered (two loaders silently shadowing each other
+            would make runs depend on import order).
+    """
+    def decorate(fn: Loader) -> Loader:
+        if name in _LOADERS:
+            raise ValueError(f"data set {name!r} is already registered")
+        _LOADERS[name] = fn
+        return fn
+    return decorate
+
+
+def dataset_names() -> list[str]:
+    """Returns the registered data set names, sorted."""
+    return sorted(_LOADERS)
+
+
+def load_groups(dataset: str, data_path: str | None = None, split: str = "validation",
+                min_questions: int = 1, max_questions: int | None = None,
+                context_count: int | None = None, seed: int = 0) -> list[QuestionGroup]:
+    """Loads a registered data set and selects groups from it (see `select_groups`).
+
+    Args:
+        dataset: a registered name (see `dataset_names`).
+        data_path: a local file or hub id; each loader documents its default for None.
+        split: the split to load, where the data set has splits.
+        min_questions, max_questions, context_count, seed: passed to `select_groups`.
+
+    Raises:
+        DataError: the name is unknown, or loading or selecting fails.
+    """
+    if dataset not in _LOADERS:
+        raise DataError(f"unknown data set {dataset!r}; registered: {', '.join(dataset_names())}")
+    groups = _LOADERS[dataset](data_path, split)
+    return select_groups(groups, min_questions=min_questions, max_questions=max_questions,
+                         context_count=context_count, seed=seed)
+
+
+@register_dataset("demo")
+def _demo(data_path: str | None, split: str) -> list[QuestionGroup]:
+    # The demo set has a single split, so `split` is ignored.
+    return load_demo(data_path)
+
+
+@register_dataset("squad")
+def _squad(data_path: str | None, split: str) -> list[QuestionGroup]:
+    return load_squad(data_path or DEFAULT_HUB_ID, split)

@@ -1,0 +1,236 @@
+"""SQuAD adapter: one `QuestionGroup` per distinct context paragraph.
+
+Accepted sources: the original SQuAD JSON file, a JSON file holding a list of Hugging Face
+rows, a JSON-lines file of such rows, an in-memory `datasets.Dataset` (or any iterable of row
+mappings), or a Hugging Face hub id. File layouts are told apart by content, because SQuAD
+copies in the wild carry any extension.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from paralleldecode.data.records import DataError, Question, QuestionGroup
+
+DATASET = "squad"
+DEFAULT_HUB_ID = "rajpurkar/squad"
+ACCEPTED_LAYOUTS = (
+    "the original SQuAD JSON ({'version', 'data': [{'title', 'paragraphs': [...]}]}), "
+    "a JSON list of Hugging Face rows, or JSON lines of such rows "
+    "(row keys: id, title, context, question, answers: {text, answer_start})"
+)
+
+# A hub id is "name" or "owner/name"; anything else that does not exist is a missing file,
+# as is a name with a data-file extension (a mistyped "dev.json" must not go to the hub).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_FILE_SUFFIXES = {".json", ".jsonl", ".ndjson", ".txt"}
+
+# One parsed question with where it came from: (location for messages, context, title, question).
+_Item = tuple[str, str, str, Question]
+
+
+def require(record: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """Returns ``record[key]`` after checking it exists and has the expected type.
+
+    Shared by the adapters so every malformed-record message reads the same way.
+
+    Args:
+        record: the parsed JSON object that should hold ``key``.
+        key: the key to read.
+        kind: accepted type(s) of the value.
+        where: file and record location, put at the front of the error message.
+
+    Raises:
+        DataError: the record is not an object, lacks the key, or the value has another type.
+    """
+    if not isinstance(record, Mapping):
+        raise DataError(f"{where} is a {type(record).__name__}, expected a JSON object")
+    if key not in record:
+        raise DataError(f"{where} has no {key!r} key")
+    value = record[key]
+    if not isinstance(value, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        expected = " or ".join(k.__name__ for k in kinds)
+        raise DataError(f"{where}: {key!r} is a {type(value).__name__}, expected {expected}")
+    return value
+
+
+def load_squad(source: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
+               split: str = "validation") -> list[QuestionGroup]:
+    """Loads SQuAD (v1.1 layout; v2 files load too, unanswerable questions get no answers).
+
+    Args:
+        source: a local file (original JSON, JSON list of rows, or JSON lines), a hub id such
+            as ``"rajpurkar/squad"``, or a `datasets.Dataset` / iterable of row mappings.
+        split: the hub split to load; ignored for files and in-memory rows.
+
+    Returns:
+        One group per distinct context, in order of first appearance, questions in source
+        order. Group ids are ``squad/<first question id>``.
+
+    Raises:
+        DataError: the file is missing or of no accepted layout, a record is malformed (the
+            message names the file, the record and the key), or the hub cannot be reached.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        origin = f"squad {type(source).__name__}"
+        items = _row_items(_numbered(source), origin)
+        return _group_by_context(items, origin, type(source).__name__)
+    path = Path(source).expanduser()
+    if path.exists():
+        return _load_file(path)
+    looks_like_hub_id = isinstance(source, str) and _HUB_ID.match(source) is not None
+    if looks_like_hub_id and path.suffix.lower() not in _FILE_SUFFIXES:
+        return _load_hub(source, split)
+    raise DataError(f"squad file {path} does not exist")
+
+
+def _numbered(rows: Iterable[Mapping[str, Any]]) -> Iterable[tuple[str, Any]]:
+    return ((f"row {i}", row) for i, row in enumerate(rows))
+
+
+def _load_hub(hub_id: str, split: str) -> list[QuestionGroup]:
+    import datasets  # deferred: importing datasets costs about a second
+
+    try:
+        rows = datasets.load_dataset(hub_id, split=split)
+    except Exception as err:  # datasets raises many unrelated types for "not reachable"
+        raise DataError(
+            f"no local file {hub_id!r} exists, and loading it (split {split!r}) from the Hugging "
+            f"Face hub failed: the hub could not be reached or has no such data set "
+            f"({type(err).__name__}: {err}); give a local file path instead ({ACCEPTED_LAYOUTS})"
+        ) from err
+    origin = f"squad hub data set {hub_id!r} split {split!r}"
+    groups = _group_by_context(_row_items(_numbered(rows), origin), origin, hub_id)
+    for group in groups:
+        group.metadata["split"] = split
+    return groups
+
+
+def _load_file(path: Path) -> list[QuestionGroup]:
+    origin = f"squad file {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{origin} cannot be read: {err}") from err
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        items = _row_items(_parse_json_lines(text, origin), origin)
+    else:
+        items = _document_items(doc, origin)
+    return _group_by_context(items, origin, str(path))
+
+
+def _document_items(doc: Any, origin: str) -> Iterable[_Item]:
+    if isinstance(doc, Mapping) and "data" in doc:
+        return _original_items(doc, origin)
+    if isinstance(doc, Mapping) and ("question" in doc or "context" in doc):
+        # A JSON-lines file holding a single row parses as one JSON object.
+        return _row_items([("line 1", doc)], origin)
+    if isinstance(doc, list):
+        return _row_items(_numbered(doc), origin)
+    raise DataError(f"{origin} has no accepted layout; expected {ACCEPTED_LAYOUTS}")
+
+
+def _parse_json_lines(text: str, origin: str) -> list[tuple[str, Any]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((f"line {number}", json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise DataError(
+                f"{origin} is neither one JSON document nor JSON lines (line {number}: {err}); "
+                f"expected {ACCEPTED_LAYOUTS}"
+            ) from None
+    return rows
+
+
+def _original_items(doc: Mapping[str, Any], origin: str) -> Iterable[_Item]:
+    articles = require(doc, "data", list, origin)
+    for a, article in enumerate(articles):
+        at = f"{origin}: data[{a}]"
+        title = _optional_title(article, at)
+        for p, paragraph in enumerate(require(article, "paragraphs", list, at)):
+            at_p = f"{at}.paragraphs[{p}]"
+            context = require(paragraph, "context", str, at_p)
+            for q, qa in enumerate(require(paragraph, "qas", list, at_p)):
+                where = with_id(f"{at_p}.qas[{q}]", qa)
+                texts, starts = _original_answers(require(qa, "answers", list, where), where)
+                yield where, context, title, _question(qa, texts, starts, where)
+
+
+def _original_answers(answers: list[Any], where: str) -> tuple[list[str], list[int]]:
+    texts, starts = [], []
+    for i, answer in enumerate(answers):
+        texts.append(require(answer, "text", str, f"{where} answers[{i}]"))
+        starts.append(require(answer, "answer_start", int, f"{where} answers[{i}]"))
+    return texts, starts
+
+
+def _row_items(rows: Iterable[tuple[str, Any]], origin: str) -> Iterable[_Item]:
+    for label, row in rows:
+        where = with_id(f"{origin}: {label}", row)
+        context = require(row, "context", str, where)
+        answers = require(row, "answers", Mapping, where)
+        texts = require(answers, "text", list, f"{where} answers")
+        starts = require(answers, "answer_start", list, f"{where} answers")
+        if len(texts) != len(starts) or not all(isinstance(t, str) for t in texts) \
+                or not all(isinstance(s, int) for s in starts):
+            raise DataError(f"{where}: 'answers' needs equally long lists of 'text' strings and "
+                            f"'answer_start' integers, got {dict(answers)!r}")
+        yield where, context, _optional_title(row, where), _question(row, texts, starts, where)
+
+
+def with_id(location: str, record: Any) -> str:
+    """Location plus the record's id when it has one, so messages point at a findable record."""
+    if isinstance(record, Mapping) and "id" in record:
+        return f"{location} (id {record['id']!r})"
+    return location
+
+
+def _optional_title(record: Any, where: str) -> str:
+    # Titles only label output; SQuAD-like files without them are still usable.
+    if isinstance(record, Mapping) and "title" not in record:
+        return ""
+    return require(record, "title", str, where)
+
+
+def _question(record: Mapping[str, Any], texts: list[str], starts: list[int],
+              where: str) -> Question:
+    qid = require(record, "id", str, where)
+    text = require(record, "question", str, where)
+    # SQuAD repeats one gold span once per annotator; keep each text once (first offset).
+    first_start: dict[str, int] = {}
+    for answer, start in zip(texts, starts):
+        first_start.setdefault(answer, start)
+    try:
+        return Question(id=qid, text=text, answers=list(first_start),
+                        metadata={"answer_start": list(first_start.values())})
+    except DataError as err:
+        raise DataError(f"{where}: {err}") from None
+
+
+def _group_by_context(items: Iterable[_Item], origin: str, source: str) -> list[QuestionGroup]:
+    by_context: dict[str, tuple[str, list[Question]]] = {}
+    seen: dict[str, str] = {}
+    for where, context, title, question in items:
+        if question.id in seen:
+            raise DataError(f"{where}: question id {question.id!r} was already used by "
+                            f"{seen[question.id]}")
+        seen[question.id] = where
+        by_context.setdefault(context, (title, []))[1].append(question)
+    if not by_context:
+        raise DataError(f"{origin} holds no questions")
+    return [
+        QuestionGroup(id=f"{DATASET}/{questions[0].id}", dataset=DATASET, questions=questions,
+                      background=context, metadata={"title": title, "source": source})
+        for context, (title, questions) in by_context.items()
+    ]

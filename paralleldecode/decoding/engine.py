@@ -1,0 +1,326 @@
+"""The one decoding engine: prefill, a step loop over a KV cache, sampling and stopping.
+
+Every strategy generates through :meth:`DecodingEngine.generate`; what differs between
+strategies is the :class:`~paralleldecode.decoding.layout.Layout` they hand in (how
+sequences share a row and who may see whom), never the loop.
+
+Unlike ``model.generate`` the engine always passes explicit positions and an explicit 4D
+mask, so any layout works with stock Hugging Face modeling code; a row whose streams have
+all finished is dropped from the cache so it stops costing compute.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from paralleldecode.decoding.layout import (
+    PAD,
+    Layout,
+    additive,
+    prefill_mask,
+    step_mask,
+)
+
+
+@dataclass
+class GenerationConfig:
+    """How to pick and stop tokens.
+
+    Attributes:
+        max_new_tokens: per stream, including the token that stops it.
+        temperature: 0 for greedy decoding; > 0 samples from the softened distribution.
+        top_p: nucleus sampling: keep the smallest set of tokens whose probability reaches
+            ``top_p`` (1.0 keeps all). Only used when sampling.
+        seed: seeds the sampler's generator, so sampled runs repeat; None = unseeded.
+        stop_strings: a stream stops once its decoded text contains one of these; the text
+            is cut before it.
+        eos_token_ids: ids that end a stream; None takes the model's and tokenizer's.
+    """
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_strings: tuple[str, ...] = ()
+    eos_token_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        self.stop_strings = tuple(self.stop_strings)
+
+
+@dataclass
+class StreamResult:
+    """What one stream produced.
+
+    Attributes:
+        token_ids: generated ids, up to and including the one that stopped the stream.
+        text: decoded answer (special tokens skipped, cut before a stop string).
+        finish_reason: ``"eos"``, ``"stop_string"`` or ``"length"``.
+        prompt_tokens: tokens in this stream's prompt.
+    """
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass
+class GenerationResult:
+    """All streams of one :meth:`DecodingEngine.generate` call and what it cost.
+
+    Attributes:
+        streams: one result per stream, in the layout's stream order.
+        forward_passes: model calls (the prefill counts as one).
+        prompt_tokens_processed: prompt tokens the prefill computed (padding excluded).
+        wall_seconds: from the prefill to the last stream's stop.
+        peak_cache_bytes: largest KV-cache size seen.
+    """
+
+    streams: list[StreamResult]
+    forward_passes: int
+    prompt_tokens_processed: int
+    wall_seconds: float
+    peak_cache_bytes: int = 0
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(s.generated_tokens for s in self.streams)
+
+
+@dataclass
+class _State:
+    """Mutable loop state; rows are renumbered when finished rows leave the cache."""
+
+    stream_row: torch.Tensor  # (S,) current row of each stream, -1 once its row is gone
+    position: torch.Tensor  # (S,) position of the stream's next fed token
+    cache_owner: torch.Tensor  # (R, L)
+    tokens: list[list[int]]
+    done: list[bool]
+    reasons: list[str]
+    texts: list[str | None] = field(default_factory=list)
+
+
+class DecodingEngine:
+    """Generates for every stream of a layout with one model.
+
+    Args:
+        model: a Hugging Face causal LM taking ``attention_mask`` as a 4D tensor and
+            explicit ``position_ids`` (Llama, Qwen2, Qwen3, Mistral, ...).
+        tokenizer: its tokenizer (decoding, pad and EOS ids).
+    """
+
+    def __init__(self, model, tokenizer) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def max_positions(self) -> int | None:
+        """The model's context window in tokens, when its config states one."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def eos_ids(self, config: GenerationConfig) -> set[int]:
+        if config.eos_token_ids is not None:
+            return set(config.eos_token_ids)
+        ids: set[int] = set()
+        gen = getattr(self.model, "generation_config", None)
+        for src in (getattr(gen, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(src, int):
+                ids.add(src)
+            elif src:
+                ids.update(src)
+        return ids
+
+    @torch.no_grad()
+    def generate(self, layout: Layout, config: GenerationConfig) -> GenerationResult:
+        """Prefill ``layout`` then decode one token per live stream per step.
+
+        Raises:
+            ValueError: a stream's prompt plus ``max_new_tokens`` exceeds the model's window.
+        """
+        from transformers import DynamicCache
+
+        self._check_window(layout, config)
+        dev = self.device
+        eos = self.eos_ids(config)
+        gen = None
+        if config.temperature > 0 and config.seed is not None:
+            gen = torch.Generator(device=dev).manual_seed(config.seed)
+        n = layout.num_streams
+        st = _State(
+            stream_row=layout.stream_row.to(dev).clone(),
+            position=layout.next_position.to(dev).clone(),
+            cache_owner=layout.owner.to(dev),
+            tokens=[[] for _ in range(n)],
+            done=[False] * n,
+            reasons=["length"] * n,
+            texts=[None] * n,
+        )
+        cache = DynamicCache(config=self.model.config)
+        start = time.perf_counter()
+
+        owner = layout.owner.to(dev)
+        needed = torch.unique(layout.last_slot).to(dev)
+        logits = self._forward(
+            layout.input_ids.to(dev), layout.position_ids.to(dev),
+            prefill_mask(owner), cache, logits_to_keep=needed,
+        )  # (B, len(needed), V)
+        col = torch.searchsorted(needed, layout.last_slot.to(dev))
+        stream_logits = logits[st.stream_row, col]  # (S, V)
+        passes = 1
+        peak = _cache_bytes(cache)
+
+        while True:
+            live = [i for i in range(n) if not st.done[i]]
+            next_ids = self._pick(stream_logits, config, gen)
+            for j, i in enumerate(live):
+                self._append(st, i, int(next_ids[j]), eos, config)
+            live = [i for i in range(n) if not st.done[i]]
+            if not live:
+                break
+            cache = self._drop_finished_rows(st, cache)
+            step_ids, step_pos, step_owner, where = self._step_inputs(st, live)
+            mask = step_mask(st.cache_owner, step_owner)
+            logits = self._forward(step_ids, step_pos, mask, cache, logits_to_keep=0)
+            st.cache_owner = torch.cat([st.cache_owner, step_owner], dim=1)
+            stream_logits = logits[where[0], where[1]]
+            for i in live:
+                st.position[i] += 1
+            passes += 1
+            peak = max(peak, _cache_bytes(cache))
+
+        wall = time.perf_counter() - start
+        streams = [
+            StreamResult(
+                token_ids=st.tokens[i],
+                text=st.texts[i] if st.texts[i] is not None else self._decode(st.tokens[i]),
+                finish_reason=st.reasons[i],
+                prompt_tokens=int(layout.prompt_tokens[i]),
+            )
+            for i in range(n)
+        ]
+        return GenerationResult(streams, passes, layout.processed_tokens, wall, peak)
+
+    # -- pieces of the loop -------------------------------------------------------------
+
+    def _forward(self, ids, positions, mask, cache, logits_to_keep):
+        """One model call; returns logits ``(B, Q', V)`` for the kept query positions."""
+        dtype = next(self.model.parameters()).dtype
+        out = self.model(
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=additive(mask, dtype),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        return out.logits.float()
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, config: GenerationConfig, gen) -> torch.Tensor:
+        """``(S, V)`` logits -> ``(S,)`` next ids: argmax, or a temperature/top-p sample."""
+        if config.temperature == 0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits / config.temperature, dim=-1)
+        if config.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            # Drop a token when the mass before it already reaches top_p (keeps >= 1 token).
+            drop = (sorted_p.cumsum(dim=-1) - sorted_p) >= config.top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+    def _append(self, st: _State, i: int, token: int, eos: set[int], config) -> None:
+        st.tokens[i].append(token)
+        if token in eos:
+            st.done[i], st.reasons[i] = True, "eos"
+            return
+        if config.stop_strings:
+            text = self._decode(st.tokens[i])
+            hits = [text.find(s) for s in config.stop_strings if s in text]
+            if hits:
+                st.done[i], st.reasons[i], st.texts[i] = True, "stop_string", text[: min(hits)]
+                return
+        if len(st.tokens[i]) >= config.max_new_tokens:
+            st.done[i], st.reasons[i] = True, "length"
+
+    def _drop_finished_rows(self, st: _State, cache):
+        """Remove rows none of whose streams is still live from the cache."""
+        rows = st.cache_owner.shape[0]
+        live_rows = sorted({int(st.stream_row[i]) for i in range(len(st.done)) if not st.done[i]})
+        if len(live_rows) == rows:
+            return cache
+        keep = torch.tensor(live_rows, device=st.cache_owner.device)
+        cache.batch_select_indices(keep)
+        st.cache_owner = st.cache_owner[keep]
+        remap = torch.full((rows,), -1, dtype=torch.long, device=keep.device)
+        remap[keep] = torch.arange(len(live_rows), device=keep.device)
+        st.stream_row = remap[st.stream_row.clamp(min=0)].where(st.stream_row >= 0, st.stream_row)
+        return cache
+
+    def _step_inputs(self, st: _State, live: list[int]):
+        """Tokens of one step: ``(R, K)`` ids, positions, owners, and each live stream's
+        ``(row, k)`` slot, where ``K`` is the most live streams any row has."""
+        rows = st.cache_owner.shape[0]
+        per_row: list[list[int]] = [[] for _ in range(rows)]
+        for i in live:
+            per_row[int(st.stream_row[i])].append(i)
+        k = max(len(r) for r in per_row)
+        dev = st.cache_owner.device
+        ids = torch.full((rows, k), self.pad_id, dtype=torch.long, device=dev)
+        pos = torch.zeros((rows, k), dtype=torch.long, device=dev)
+        own = torch.full((rows, k), PAD, dtype=torch.long, device=dev)
+        slot: dict[int, tuple[int, int]] = {}
+        for r, streams in enumerate(per_row):
+            for j, i in enumerate(streams):
+                ids[r, j] = st.tokens[i][-1]
+                pos[r, j] = st.position[i]
+                own[r, j] = i
+                slot[i] = (r, j)
+        # Gather indices in the order of `live`, which is the order logits are picked in.
+        where = (
+            torch.tensor([slot[i][0] for i in live], device=dev),
+            torch.tensor([slot[i][1] for i in live], device=dev),
+        )
+        return ids, pos, own, where
+
+    def _check_window(self, layout: Layout, config: GenerationConfig) -> None:
+        limit = self.max_positions
+        if limit is None:
+            return
+        need = int(layout.next_position.max()) + config.max_new_tokens
+        if need > limit:
+            raise ValueError(
+                f"prompt of {int(layout.next_position.max())} tokens plus max_new_tokens="
+                f"{config.max_new_tokens} exceeds the model's context window of {limit} tokens"
+            )
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _cache_bytes(cache) -> int:
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total

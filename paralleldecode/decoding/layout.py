@@ -1,0 +1,145 @@
+"""How token sequences are laid out in a batch, and who may attend to whom.
+
+The engine decodes *streams* (one answer each). Streams live in *rows* of the batch; a row
+may hold one stream (independent rows, as in ``batch``) or several streams that share
+tokens (shared-prefix branches). Every cache slot carries an *owner*:
+
+* a stream index ``s >= 0``: only stream ``s`` sees the slot;
+* ``SHARED`` (-1): every stream of the row sees it (a common prefix);
+* ``PAD`` (-2): nobody sees it (padding).
+
+Masks are built from owners and slot order alone, as an explicit 4D tensor: with custom
+positions, transformers must never be left to guess a mask (it would guess packed
+sequences). A padding query sees only itself so that no attention row is fully masked
+(an all-masked row turns into NaN under sdpa, and a NaN key poisons every real query).
+
+Shapes: ``B`` rows, ``T`` prompt length, ``L`` cached slots, ``K`` tokens fed per row in a
+step, ``S`` streams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SHARED = -1
+PAD = -2
+
+
+@dataclass
+class Layout:
+    """A batch ready for prefill.
+
+    Attributes:
+        input_ids: ``(B, T)`` token ids (pad id where ``owner == PAD``).
+        position_ids: ``(B, T)`` positions; each stream counts as if it were alone.
+        owner: ``(B, T)`` owner of each slot (see the module docstring).
+        stream_row: ``(S,)`` row of each stream.
+        last_slot: ``(S,)`` column of each stream's last prompt token in its row: the
+            logits there give the stream's first generated token.
+        next_position: ``(S,)`` position of each stream's first generated token.
+        prompt_tokens: ``(S,)`` tokens of each stream's own prompt (shared ones included).
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    owner: torch.Tensor
+    stream_row: torch.Tensor
+    last_slot: torch.Tensor
+    next_position: torch.Tensor
+    prompt_tokens: torch.Tensor
+
+    @property
+    def num_streams(self) -> int:
+        return int(self.stream_row.numel())
+
+    @property
+    def processed_tokens(self) -> int:
+        """Prompt tokens the prefill actually computes (padding excluded)."""
+        return int((self.owner != PAD).sum())
+
+
+def independent_rows(sequences: list[list[int]], pad_id: int) -> Layout:
+    """One stream per row, left-padded to the longest sequence.
+
+    Args:
+        sequences: ``S`` non-empty lists of token ids.
+        pad_id: id written into padding slots (never attended to).
+    """
+    if not sequences or any(len(s) == 0 for s in sequences):
+        raise ValueError("independent_rows needs at least one sequence, none of them empty")
+    n = len(sequences)
+    lengths = torch.tensor([len(s) for s in sequences])
+    t = int(lengths.max())
+    input_ids = torch.full((n, t), pad_id, dtype=torch.long)
+    owner = torch.full((n, t), PAD, dtype=torch.long)
+    position_ids = torch.zeros((n, t), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        k = len(seq)
+        input_ids[i, t - k:] = torch.tensor(seq, dtype=torch.long)
+        owner[i, t - k:] = i
+        position_ids[i, t - k:] = torch.arange(k)
+    return Layout(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        owner=owner,
+        stream_row=torch.arange(n),
+        last_slot=torch.full((n,), t - 1, dtype=torch.long),
+        next_position=lengths.clone(),
+        prompt_tokens=lengths.clone(),
+    )
+
+
+def visibility(query_owner: torch.Tensor, key_owner: torch.Tensor) -> torch.Tensor:
+    """Which keys each query may see, ignoring slot order.
+
+    Args:
+        query_owner: ``(B, Q)``.
+        key_owner: ``(B, L)``.
+
+    Returns:
+        ``(B, Q, L)`` bool: the key is the query's own stream's or shared, and not padding.
+    """
+    q = query_owner[:, :, None]
+    k = key_owner[:, None, :]
+    return ((k == q) | (k == SHARED)) & (k != PAD)
+
+
+def prefill_mask(owner: torch.Tensor) -> torch.Tensor:
+    """``(B, T, T)`` bool mask for a prompt: visible, causal by slot order; pads see self."""
+    t = owner.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=owner.device).tril()
+    mask = visibility(owner, owner) & causal
+    return mask | _pad_self(owner, owner.shape[1], 0)
+
+
+def step_mask(cache_owner: torch.Tensor, step_owner: torch.Tensor) -> torch.Tensor:
+    """``(B, K, L + K)`` bool mask for one decoding step.
+
+    Tokens fed in the same step belong to different streams and never see each other; each
+    sees itself and the cached slots its stream may see.
+    """
+    past = visibility(step_owner, cache_owner)
+    k = step_owner.shape[1]
+    own = torch.eye(k, dtype=torch.bool, device=step_owner.device).expand(step_owner.shape[0], k, k)
+    return torch.cat([past, own], dim=2)
+
+
+def _pad_self(query_owner: torch.Tensor, kv_len: int, offset: int) -> torch.Tensor:
+    """``(B, Q, kv_len)``: True where a padding query meets its own slot (at ``offset + q``)."""
+    b, q = query_owner.shape
+    eye = torch.zeros(q, kv_len, dtype=torch.bool, device=query_owner.device)
+    eye[torch.arange(q), offset + torch.arange(q)] = True
+    return eye.expand(b, q, kv_len) & (query_owner == PAD)[:, :, None]
+
+
+def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bool ``(B, Q, L)`` -> float ``(B, 1, Q, L)``: 0 where allowed, dtype-min where not.
+
+    Eager attention adds the mask to the scores, so a bool mask there is silently wrong;
+    sdpa takes either. The float form works for both.
+    """
+    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    out.masked_fill_(~mask, torch.finfo(dtype).min)
+    return out[:, None]

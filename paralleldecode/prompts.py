@@ -1,0 +1,222 @@
+"""Every prompt the package sends, and the parsing of every answer it gets back.
+
+Answers are requested as JSON (``{"answer": "..."}``, or ``{"answers": {"1": "...", ...}}``
+for several questions in one prompt) so they can be parsed reliably. Small models often
+drift from the format, so parsing is tolerant: a strict JSON parse first, then a lenient
+pattern, then the raw text. Only the first counts as *format ok*; the others are kept as
+answers (never dropped) and counted as format failures.
+
+The tokenizer's chat template is used when it has one; otherwise a plain
+``System:/User:/Assistant:`` transcript.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from paralleldecode.data.records import Question, QuestionGroup
+
+SYSTEM_ONE = (
+    "You answer questions about a text. Give the shortest answer that is correct, "
+    "preferably words copied from the text. Reply with JSON only, in the form "
+    '{"answer": "..."}.'
+)
+SYSTEM_MANY = (
+    "You answer several numbered questions about a text. Give the shortest answer to each, "
+    "preferably words copied from the text. Reply with JSON only, in the form "
+    '{"answers": {"1": "...", "2": "..."}} with one entry per question.'
+)
+LETTERS = "ABCDEFGHIJ"
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class ReplyFormat:
+    """The JSON reply a prompt asks for.
+
+    The opening (``prefix``) is written into the prompt after the assistant's turn starts,
+    so even a small model answers in the format; generation stops at ``close``. A reply
+    only counts as well-formed when the model itself wrote the closing characters.
+    """
+
+    prefix: str
+    close: str
+
+    def complete(self, generated: str, finish_reason: str) -> str:
+        """The whole reply: the prefix, what was generated, and the close if it was hit."""
+        return self.prefix + generated + (self.close if finish_reason == "stop_string" else "")
+
+
+ONE_ANSWER = ReplyFormat('{"answer": "', '"}')
+MANY_ANSWERS = ReplyFormat('{"answers": {"1": "', '"}}')
+
+
+@dataclass
+class Parsed:
+    """An answer pulled out of generated text.
+
+    Attributes:
+        answer: the answer text ("" when nothing could be found).
+        format_ok: True only when the reply was the requested JSON.
+    """
+
+    answer: str
+    format_ok: bool
+
+
+def question_block(q: Question, number: int | None = None) -> str:
+    """The text of one question, with its own context and options when it has them."""
+    parts = []
+    if q.context:
+        parts.append(f"Context for this question:\n{q.context}")
+    head = f"Question {number}: " if number is not None else "Question: "
+    parts.append(head + q.text)
+    if q.options:
+        parts.append("\n".join(f"{LETTERS[i]}. {opt}" for i, opt in enumerate(q.options)))
+        parts.append("Answer with the letter of the correct option.")
+    return "\n".join(parts)
+
+
+def context_block(group: QuestionGroup) -> str:
+    return f"Context:\n{group.background}\n\n" if group.background else ""
+
+
+def one_question(group: QuestionGroup, q: Question, system: str = SYSTEM_ONE) -> list[Message]:
+    """Messages asking a single question of the group."""
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": context_block(group) + question_block(q)},
+    ]
+
+
+def conversation(
+    group: QuestionGroup, asked: list[tuple[Question, str]], q: Question, system: str = SYSTEM_ONE
+) -> list[Message]:
+    """A multi-turn chat: the context with the first question, then one turn per question.
+
+    Args:
+        asked: earlier questions with the model's raw replies, in order.
+        q: the question of this turn.
+    """
+    msgs: list[Message] = [{"role": "system", "content": system}]
+    for i, (prev, reply) in enumerate(asked):
+        lead = context_block(group) if i == 0 else ""
+        msgs.append({"role": "user", "content": lead + question_block(prev)})
+        msgs.append({"role": "assistant", "content": reply})
+    lead = context_block(group) if not asked else ""
+    msgs.append({"role": "user", "content": lead + question_block(q)})
+    return msgs
+
+
+def all_questions(group: QuestionGroup, system: str = SYSTEM_MANY) -> list[Message]:
+    """One prompt carrying every question of the group, numbered from 1."""
+    body = "\n\n".join(question_block(q, i + 1) for i, q in enumerate(group.questions))
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": context_block(group) + body},
+    ]
+
+
+class PromptRenderer:
+    """Turns messages into token ids with the tokenizer's chat template (or a plain one).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        use_chat_template: ``"auto"`` (when the tokenizer has one), ``"always"`` or ``"never"``.
+    """
+
+    def __init__(self, tokenizer, use_chat_template: str = "auto") -> None:
+        if use_chat_template not in ("auto", "always", "never"):
+            raise ValueError(
+                f"use_chat_template must be one of auto, always, never; got {use_chat_template!r}"
+            )
+        has = getattr(tokenizer, "chat_template", None) is not None
+        if use_chat_template == "always" and not has:
+            raise ValueError("use_chat_template='always' but the tokenizer has no chat template")
+        self.tokenizer = tokenizer
+        self.chat = has and use_chat_template != "never"
+
+    def text(self, messages: list[Message], reply_prefix: str = "") -> str:
+        """The prompt text, ending where the assistant's reply starts (plus ``reply_prefix``)."""
+        if self.chat:
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        else:
+            lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+            text = "\n\n".join(lines) + "\n\nAssistant: "
+        return text + reply_prefix
+
+    def ids(self, messages: list[Message], reply_prefix: str = "") -> list[int]:
+        # A chat template writes its own special tokens; a plain transcript gets the
+        # tokenizer's usual ones (BOS for Llama-style tokenizers).
+        text = self.text(messages, reply_prefix)
+        return self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"]
+
+
+_ANSWER_FIELD = re.compile(r'"answer"\s*:\s*"((?:[^"\\]|\\.)*)"?', re.S)
+_NUMBERED = re.compile(r'^\s*"?(\d+)"?\s*[.):\-]?\s*:?\s*"?(.*?)"?,?\s*$')
+# `"3": "text` in JSON that was cut off or broken: the text runs to its quote or the end.
+_NUMBERED_FIELD = re.compile(r'"(\d+)"\s*:\s*"((?:[^"\\]|\\.)*)')
+
+
+def _json_objects(text: str):
+    """Every JSON object that parses, scanning from each ``{`` in the text."""
+    dec = json.JSONDecoder()
+    for m in re.finditer(r"\{", text):
+        try:
+            obj, _ = dec.raw_decode(text, m.start())
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            yield obj
+
+
+def _as_text(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_as_text(v) for v in value)
+    return "" if value is None else str(value).strip()
+
+
+def parse_answer(text: str) -> Parsed:
+    """Parse a single-question reply: ``{"answer": ...}`` strictly, else tolerantly."""
+    for obj in _json_objects(text):
+        if "answer" in obj:
+            return Parsed(_as_text(obj["answer"]), True)
+    m = _ANSWER_FIELD.search(text)
+    if m:
+        return Parsed(m.group(1).replace('\\"', '"').strip(), False)
+    raw = text.strip().strip("{}").strip()
+    return Parsed(raw.splitlines()[0].strip().strip('"') if raw else "", False)
+
+
+def parse_answers(text: str, n: int) -> list[Parsed]:
+    """Parse a reply to ``n`` numbered questions.
+
+    Accepted strictly: ``{"answers": {"1": ..}}``, ``{"answers": [..]}`` or ``{"1": ..}``.
+    Otherwise ``"2": "..."`` fields of broken or cut-off JSON and numbered lines
+    (``1. ...``) are read; a question with no answer found gets ``""``; all of these count
+    as format failures.
+    """
+    for obj in _json_objects(text):
+        table = obj.get("answers", obj)
+        if isinstance(table, list):
+            table = {str(i + 1): v for i, v in enumerate(table)}
+        if isinstance(table, dict) and any(str(i + 1) in table for i in range(n)):
+            return [
+                Parsed(_as_text(table[str(i + 1)]), True) if str(i + 1) in table else Parsed("", False)
+                for i in range(n)
+            ]
+    found: dict[int, str] = {}
+    for m in _NUMBERED_FIELD.finditer(text):
+        if 1 <= int(m.group(1)) <= n and m.group(2).strip():
+            found.setdefault(int(m.group(1)), m.group(2).replace('\\"', '"').strip())
+    for line in text.splitlines():
+        m = _NUMBERED.match(line)
+        if m and m.group(2) and 1 <= int(m.group(1)) <= n:
+            found.setdefault(int(m.group(1)), m.group(2).strip())
+    return [Parsed(found.get(i + 1, ""), False) for i in range(n)]
+

@@ -1,0 +1,20 @@
+"""Registry of comparison strategies; importing this package registers the built-in ones."""
+
+from paralleldecode.strategies import baselines  # noqa: F401  (registers the baselines)
+from paralleldecode.strategies.base import (
+    ContextTooLongError,
+    Cost,
+    GroupRun,
+    QuestionResult,
+    RunContext,
+    Strategy,
+    UnknownStrategyError,
+    get_strategy,
+    register,
+    strategy_names,
+)
+
+__all__ = [
+    "ContextTooLongError", "Cost", "GroupRun", "QuestionResult", "RunContext", "Strategy",
+    "UnknownStrategyError", "get_strategy", "register", "strategy_names",
+]

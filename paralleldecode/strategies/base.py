@@ -1,0 +1,234 @@
+"""What a strategy is, the registry of them, and the records they return.
+
+A strategy is a thin plan: it decides which prompts to send and how they share a batch,
+hands them to the one :class:`~paralleldecode.decoding.DecodingEngine`, and parses the
+replies. Everything else (rendering, fitting the context window, scoring, costs) lives
+here so strategies stay a few lines each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from paralleldecode.data.records import Question, QuestionGroup
+from paralleldecode.decoding import (
+    DecodingEngine,
+    GenerationConfig,
+    GenerationResult,
+    independent_rows,
+)
+from paralleldecode.metrics import score_answer
+from paralleldecode.prompts import Message, Parsed, PromptRenderer, ReplyFormat
+
+
+class UnknownStrategyError(ValueError):
+    """A strategy name that is not registered; the message lists the registered ones."""
+
+
+class ContextTooLongError(ValueError):
+    """A prompt does not fit the model's context window; the message names the group."""
+
+
+@dataclass
+class Cost:
+    """What answering one group cost.
+
+    Attributes:
+        prompt_tokens: prompt tokens the model actually processed (after any sharing).
+        generated_tokens: tokens generated, stop tokens included.
+        forward_passes: model calls.
+        wall_seconds: wall time of the strategy on the group.
+    """
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    forward_passes: int = 0
+    wall_seconds: float = 0.0
+
+    def add(self, res: GenerationResult) -> None:
+        self.prompt_tokens += res.prompt_tokens_processed
+        self.generated_tokens += res.generated_tokens
+        self.forward_passes += res.forward_passes
+
+
+@dataclass
+class QuestionResult:
+    """One answered question: one line of ``predictions.jsonl``.
+
+    Token and pass figures are those of the generate call that produced the answer; where
+    one call answers several questions in one stream (``all_in_one``) its tokens are shared
+    equally among them. ``latency_s`` is the time from the group's start until this answer
+    was available.
+    """
+
+    strategy: str
+    dataset: str
+    group_id: str
+    question_id: str
+    question: str
+    answer: str
+    raw: str
+    gold: list[str]
+    format_ok: bool
+    finish_reason: str
+    prompt_tokens: float
+    generated_tokens: float
+    forward_passes: int
+    latency_s: float
+    em: float | None = None
+    f1: float | None = None
+    lenient: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.gold:
+            for key, value in score_answer(self.answer, self.gold).items():
+                setattr(self, key, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class GroupRun:
+    """A strategy's output for one group: per-question results, the group's cost, and
+    strategy-specific figures for the summary (``extras``)."""
+
+    results: list[QuestionResult]
+    cost: Cost
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunContext:
+    """What a strategy runs with.
+
+    Attributes:
+        engine: the decoding engine over the local model.
+        renderer: messages -> token ids.
+        generation: per-answer generation settings (``max_new_tokens`` is per answer).
+        truncate_context: cut a group's background to fit the context window instead of
+            raising :class:`ContextTooLongError`.
+    """
+
+    engine: DecodingEngine
+    renderer: PromptRenderer
+    generation: GenerationConfig
+    truncate_context: bool = False
+
+    def generate(
+        self,
+        group: QuestionGroup,
+        build: Callable[[QuestionGroup], list[list[Message]]],
+        reply: ReplyFormat,
+        max_new_tokens: int | None = None,
+    ) -> tuple[list[str], GenerationResult]:
+        """Render ``build(group)`` (one message list per stream) primed with ``reply``, fit
+        the window, and generate the streams as independent rows of one batch.
+
+        Returns:
+            each stream's whole reply (see :meth:`ReplyFormat.complete`), and the result.
+        """
+        gen = self.generation
+        if max_new_tokens is not None:
+            gen = dataclasses.replace(gen, max_new_tokens=max_new_tokens)
+        gen = dataclasses.replace(gen, stop_strings=(reply.close, *gen.stop_strings))
+        ids = self.fit(group, build, gen.max_new_tokens, reply.prefix)
+        res = self.engine.generate(independent_rows(ids, self.engine.pad_id), gen)
+        return [reply.complete(s.text, s.finish_reason) for s in res.streams], res
+
+    def fit(
+        self,
+        group: QuestionGroup,
+        build: Callable[[QuestionGroup], list[list[Message]]],
+        max_new_tokens: int,
+        reply_prefix: str = "",
+    ) -> list[list[int]]:
+        """Token ids of ``build(group)``, cutting the background from its end if allowed."""
+        limit = self.engine.max_positions
+        for _ in range(4):
+            ids = [self.renderer.ids(m, reply_prefix) for m in build(group)]
+            longest = max(len(i) for i in ids)
+            if limit is None or longest + max_new_tokens <= limit:
+                return ids
+            if not self.truncate_context or not group.background:
+                raise ContextTooLongError(
+                    f"group {group.id!r}: a prompt of {longest} tokens plus max_new_tokens="
+                    f"{max_new_tokens} exceeds the model's context window of {limit} tokens; "
+                    "lower max_new_tokens, use smaller groups, or set truncate_context: true"
+                )
+            group = _cut_background(group, self.renderer.tokenizer, longest + max_new_tokens - limit)
+        raise ContextTooLongError(f"group {group.id!r}: the prompt still does not fit after cutting")
+
+
+def _cut_background(group: QuestionGroup, tokenizer, excess: int) -> QuestionGroup:
+    bg = tokenizer(group.background, add_special_tokens=False)["input_ids"]
+    keep = max(0, len(bg) - excess - 8)  # a small margin: re-tokenising may merge differently
+    text = tokenizer.decode(bg[:keep], skip_special_tokens=True)
+    meta = dict(group.metadata, truncated_background_tokens=len(bg) - keep)
+    return dataclasses.replace(group, background=text, metadata=meta)
+
+
+class Strategy:
+    """Base class: subclasses set ``name`` and implement :meth:`run`.
+
+    Class attributes say what a strategy needs, so runners can refuse early with a clear
+    message: ``needs_local_model`` (token-level access to a local model),
+    ``needs_hidden_states``, ``needs_checkpoint``.
+    """
+
+    name: ClassVar[str]
+    needs_local_model: ClassVar[bool] = True
+    needs_hidden_states: ClassVar[bool] = False
+    needs_checkpoint: ClassVar[bool] = False
+
+    def run(self, group: QuestionGroup, ctx: RunContext) -> GroupRun:  # pragma: no cover
+        raise NotImplementedError
+
+    def result(
+        self, group: QuestionGroup, q: Question, raw: str, parsed: Parsed, finish_reason: str,
+        prompt_tokens: float, generated_tokens: float, forward_passes: int, latency_s: float,
+    ) -> QuestionResult:
+        return QuestionResult(
+            strategy=self.name, dataset=group.dataset, group_id=group.id, question_id=q.id,
+            question=q.text, answer=parsed.answer, raw=raw, gold=list(q.answers),
+            format_ok=parsed.format_ok, finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens, generated_tokens=generated_tokens,
+            forward_passes=forward_passes, latency_s=latency_s,
+        )
+
+
+_REGISTRY: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator adding a strategy to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"strategy {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def strategy_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_strategy(name: str) -> Strategy:
+    """A new instance of the strategy registered as ``name``."""
+    if name not in _REGISTRY:
+        raise UnknownStrategyError(
+            f"unknown strategy {name!r}; registered strategies: {', '.join(strategy_names())}"
+        )
+    return _REGISTRY[name]()
+
+
+class Timer:
+    """Wall time since construction, for latencies measured inside a strategy."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.start

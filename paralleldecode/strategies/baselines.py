@@ -1,0 +1,83 @@
+"""The three baselines every other strategy is measured against.
+
+* ``all_in_one``: one prompt holding the context and every question; one reply answers
+  all of them.
+* ``sequential``: a chat with one question per turn; earlier questions and the model's
+  replies stay in the prompt, which is processed again each turn (history grows).
+* ``batch``: every question as its own prompt (context repeated), all in one padded batch.
+"""
+
+from __future__ import annotations
+
+from paralleldecode.data.records import QuestionGroup
+from paralleldecode.prompts import (
+    MANY_ANSWERS,
+    ONE_ANSWER,
+    all_questions,
+    conversation,
+    one_question,
+    parse_answer,
+    parse_answers,
+)
+from paralleldecode.strategies.base import Cost, GroupRun, RunContext, Strategy, Timer, register
+
+
+@register
+class AllInOne(Strategy):
+    name = "all_in_one"
+
+    def run(self, group: QuestionGroup, ctx: RunContext) -> GroupRun:
+        clock, n = Timer(), len(group)
+        # One reply carries n answers plus the JSON around them.
+        budget = ctx.generation.max_new_tokens * n + 8 * n
+        (reply,), res = ctx.generate(group, lambda g: [all_questions(g)], MANY_ANSWERS, budget)
+        stream, wall = res.streams[0], clock()
+        results = [
+            self.result(group, q, reply, p, stream.finish_reason,
+                        prompt_tokens=stream.prompt_tokens / n,
+                        generated_tokens=stream.generated_tokens / n,
+                        forward_passes=res.forward_passes, latency_s=wall)
+            for q, p in zip(group.questions, parse_answers(reply, n))
+        ]
+        cost = Cost(wall_seconds=wall)
+        cost.add(res)
+        return GroupRun(results, cost)
+
+
+@register
+class Sequential(Strategy):
+    name = "sequential"
+
+    def run(self, group: QuestionGroup, ctx: RunContext) -> GroupRun:
+        clock, cost, results, asked = Timer(), Cost(), [], []
+        for q in group.questions:
+            (reply,), res = ctx.generate(group, lambda g, q=q: [conversation(g, asked, q)], ONE_ANSWER)
+            s = res.streams[0]
+            results.append(self.result(
+                group, q, reply, parse_answer(reply), s.finish_reason,
+                prompt_tokens=s.prompt_tokens, generated_tokens=s.generated_tokens,
+                forward_passes=res.forward_passes, latency_s=clock(),
+            ))
+            cost.add(res)
+            asked.append((q, reply))
+        cost.wall_seconds = clock()
+        return GroupRun(results, cost)
+
+
+@register
+class Batch(Strategy):
+    name = "batch"
+
+    def run(self, group: QuestionGroup, ctx: RunContext) -> GroupRun:
+        clock = Timer()
+        replies, res = ctx.generate(group, lambda g: [one_question(g, q) for q in g.questions], ONE_ANSWER)
+        wall = clock()
+        results = [
+            self.result(group, q, reply, parse_answer(reply), s.finish_reason,
+                        prompt_tokens=s.prompt_tokens, generated_tokens=s.generated_tokens,
+                        forward_passes=res.forward_passes, latency_s=wall)
+            for q, s, reply in zip(group.questions, res.streams, replies)
+        ]
+        cost = Cost(wall_seconds=wall)
+        cost.add(res)
+        return GroupRun(results, cost)

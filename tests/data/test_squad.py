@@ -1,0 +1,193 @@
+"""SQuAD adapter: every accepted layout gives the same groups; bad input names file and record."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from paralleldecode.data import DataError, load_squad
+from paralleldecode.data.registry import load_groups
+
+CONTEXT_A = "Ada Park opened in 1901 beside the river Lune. Its gardener was Tom Reed."
+CONTEXT_B = "The ferry to Holm runs twice a day and takes 40 minutes."
+
+# Original SQuAD layout; the gold span is repeated as SQuAD does for several annotators.
+ORIGINAL = {
+    "version": "1.1",
+    "data": [
+        {"title": "Ada_Park", "paragraphs": [{"context": CONTEXT_A, "qas": [
+            {"id": "a1", "question": "When did Ada Park open?",
+             "answers": [{"text": "1901", "answer_start": 19}, {"text": "1901", "answer_start": 19}]},
+            {"id": "a2", "question": "Who was its gardener?",
+             "answers": [{"text": "Tom Reed", "answer_start": 64}, {"text": "Reed", "answer_start": 68}]},
+        ]}]},
+        {"title": "Holm", "paragraphs": [{"context": CONTEXT_B, "qas": [
+            {"id": "b1", "question": "How long does the ferry take?",
+             "answers": [{"text": "40 minutes", "answer_start": 45}]},
+        ]}]},
+    ],
+}
+
+
+def _rows() -> list[dict]:
+    """The same questions as Hugging Face rows, one per question."""
+    rows = []
+    for article in ORIGINAL["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                rows.append({"id": qa["id"], "title": article["title"], "context": paragraph["context"],
+                             "question": qa["question"],
+                             "answers": {"text": [a["text"] for a in qa["answers"]],
+                                         "answer_start": [a["answer_start"] for a in qa["answers"]]}})
+    return rows
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _essence(groups) -> list[tuple]:
+    """What must agree across layouts (the source naturally differs)."""
+    return [(g.id, g.dataset, g.background, g.metadata["title"],
+             [(q.id, q.text, q.answers, q.metadata) for q in g.questions]) for g in groups]
+
+
+def test_original_layout_groups_by_context(tmp_path):
+    groups = load_squad(_write(tmp_path / "dev.json", json.dumps(ORIGINAL)))
+    assert [g.id for g in groups] == ["squad/a1", "squad/b1"]
+    assert groups[0].background == CONTEXT_A
+    assert groups[0].metadata == {"title": "Ada_Park", "source": str(tmp_path / "dev.json")}
+    first, second = groups[0].questions
+    assert first.answers == ["1901"] and first.metadata == {"answer_start": [19]}
+    assert second.answers == ["Tom Reed", "Reed"]
+    assert second.metadata == {"answer_start": [64, 68]}
+    assert all(CONTEXT_A[s:s + len(a)] == a for a, s in zip(second.answers, second.metadata["answer_start"]))
+
+
+def test_all_layouts_give_identical_groups(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = _rows()
+    expected = _essence(load_squad(_write(tmp_path / "original.json", json.dumps(ORIGINAL))))
+    # Extensions deliberately mislead: the layout must be read from the content.
+    as_list = _write(tmp_path / "rows.jsonl", json.dumps(rows))
+    as_lines = _write(tmp_path / "rows.json", "\n".join(json.dumps(r) for r in rows) + "\n")
+    for source in (as_list, as_lines, datasets.Dataset.from_list(rows), rows):
+        assert _essence(load_squad(source)) == expected
+
+
+def test_rows_sharing_a_context_are_grouped_in_first_appearance_order(tmp_path):
+    rows = _rows()
+    shuffled = [rows[2], rows[0], rows[1]]
+    groups = load_squad(_write(tmp_path / "rows.json", json.dumps(shuffled)))
+    assert [g.id for g in groups] == ["squad/b1", "squad/a1"]
+    assert [q.id for q in groups[1].questions] == ["a1", "a2"]
+
+
+def test_single_row_json_lines_file(tmp_path):
+    groups = load_squad(_write(tmp_path / "one.jsonl", json.dumps(_rows()[2]) + "\n"))
+    assert [g.id for g in groups] == ["squad/b1"]
+
+
+def _break_original(mutate) -> dict:
+    doc = json.loads(json.dumps(ORIGINAL))
+    mutate(doc)
+    return doc
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d["data"][1]["paragraphs"][0]["qas"][0].pop("question"),
+     "data[1].paragraphs[0].qas[0] (id 'b1') has no 'question' key"),
+    (lambda d: d["data"][0]["paragraphs"][0]["qas"][1]["answers"][0].pop("answer_start"),
+     "data[0].paragraphs[0].qas[1] (id 'a2') answers[0] has no 'answer_start' key"),
+    (lambda d: d["data"][0]["paragraphs"][0].update(context=["not", "text"]),
+     "data[0].paragraphs[0]: 'context' is a list, expected str"),
+    (lambda d: d["data"][0]["paragraphs"][0]["qas"][0].update(id=7),
+     "data[0].paragraphs[0].qas[0] (id 7): 'id' is a int, expected str"),
+    (lambda d: d["data"][1]["paragraphs"][0]["qas"][0].update(question="  "),
+     "data[1].paragraphs[0].qas[0] (id 'b1'): question 'b1': the question text is empty"),
+    (lambda d: d["data"][1]["paragraphs"][0]["qas"][0].update(id="a1"),
+     "data[1].paragraphs[0].qas[0] (id 'a1'): question id 'a1' was already used by"),
+])
+def test_malformed_original_record_names_file_and_record(tmp_path, mutate, expected):
+    path = _write(tmp_path / "dev.json", json.dumps(_break_original(mutate)))
+    with pytest.raises(DataError) as err:
+        load_squad(path)
+    assert str(err.value).startswith(f"squad file {path}: ")
+    assert expected in str(err.value)
+
+
+def test_malformed_row_names_file_line_and_key(tmp_path):
+    rows = _rows()
+    del rows[1]["answers"]["answer_start"]
+    path = _write(tmp_path / "rows.jsonl", "\n".join(json.dumps(r) for r in rows))
+    expected = r"rows\.jsonl: line 2 \(id 'a2'\) answers has no 'answer_start' key"
+    with pytest.raises(DataError, match=expected):
+        load_squad(path)
+
+
+def test_row_answers_of_unequal_length(tmp_path):
+    rows = _rows()
+    rows[0]["answers"]["answer_start"].pop()
+    path = _write(tmp_path / "rows.json", json.dumps(rows))
+    with pytest.raises(DataError, match=r"rows\.json: row 0 \(id 'a1'\): 'answers' needs equally long"):
+        load_squad(path)
+
+
+def test_missing_file_names_path(tmp_path):
+    with pytest.raises(DataError, match=r"squad file .*nothing\.json does not exist"):
+        load_squad(tmp_path / "nothing.json")
+
+
+@pytest.mark.parametrize("text", ['{"foo": 1}', '"just a string"', "not json at all\n"])
+def test_unknown_layout_lists_accepted_layouts(tmp_path, text):
+    path = _write(tmp_path / "odd.json", text)
+    accepted = "original SQuAD JSON.*JSON list of Hugging Face rows.*JSON lines"
+    with pytest.raises(DataError, match=accepted) as err:
+        load_squad(path)
+    assert path in str(err.value)
+
+
+def test_empty_file_has_no_questions(tmp_path):
+    with pytest.raises(DataError, match="holds no questions"):
+        load_squad(_write(tmp_path / "empty.json", ""))
+
+
+def test_unreachable_hub_suggests_a_local_file(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'rajpurkar/squad' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="hub could not be reached.*local file path"):
+        load_groups("squad")
+
+
+def test_hub_rows_are_loaded_with_the_split(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def fake_load(hub_id, split):
+        calls.append((hub_id, split))
+        return datasets.Dataset.from_list(_rows())
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    groups = load_squad("rajpurkar/squad", split="train")
+    assert calls == [("rajpurkar/squad", "train")]
+    assert groups[0].metadata == {"title": "Ada_Park", "source": "rajpurkar/squad", "split": "train"}
+
+
+@pytest.mark.data
+def test_real_squad_dev_file():
+    data_dir = os.environ.get("PARALLELDECODE_DATA_DIR")
+    if not data_dir:
+        pytest.skip("PARALLELDECODE_DATA_DIR is not set")
+    groups = load_squad(Path(data_dir) / "squad" / "dev-v1.1.json")
+    assert len(groups) == 2067
+    assert sum(len(g) for g in groups) == 10570
+    assert all(g.background[s:s + len(a)] == a for g in groups for q in g.questions
+               for a, s in zip(q.answers, q.metadata["answer_start"]))
