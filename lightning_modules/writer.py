@@ -28,18 +28,17 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
         self.summary: dict[str, dict[str, Any]] | None = None
-
-    def folder(self, trainer) -> Path:
-        root = self.output_dir or trainer.log_dir or trainer.default_root_dir
-        path = Path(root)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def _part(self, trainer) -> Path:
-        return self.folder(trainer) / f"predictions.rank{trainer.global_rank}.jsonl"
+        self.folder: Path | None = None
 
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
+        # `trainer.log_dir` is a collective broadcast under DDP: resolve it here, where
+        # every rank is, never per batch (ranks may run different numbers of batches).
+        self.folder = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
+        self.folder.mkdir(parents=True, exist_ok=True)
         self._part(trainer).unlink(missing_ok=True)
+
+    def _part(self, trainer) -> Path:
+        return self.folder / f"predictions.rank{trainer.global_rank}.jsonl"
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
                            batch_idx, dataloader_idx=0) -> None:
@@ -62,7 +61,7 @@ class PredictionWriter(BasePredictionWriter):
         trainer.strategy.barrier("prediction-writer-done")
 
     def _merge(self, trainer, strategy_order: list[str]) -> None:
-        folder = self.folder(trainer)
+        folder = self.folder
         parts = sorted(folder.glob("predictions.rank*.jsonl"))
         records = [json.loads(line) for p in parts for line in p.open(encoding="utf-8")]
         rank = {name: i for i, name in enumerate(strategy_order)}
@@ -75,7 +74,7 @@ class PredictionWriter(BasePredictionWriter):
             p.unlink()
 
     def _report(self, trainer, summary: dict[str, dict[str, Any]]) -> None:
-        folder = self.folder(trainer)
+        folder = self.folder
         clean = {s: {k: (None if isinstance(v, float) and math.isnan(v) else v)
                      for k, v in fig.items()} for s, fig in summary.items()}
         (folder / "summary.json").write_text(json.dumps(clean, indent=2) + "\n")

@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Tests never reach a hub; without this, a failed hub lookup retries with backoff for ~30 s.
+# Set before transformers/huggingface_hub are imported, which read it once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

