@@ -6,9 +6,16 @@ from paralleldecode.decoding.engine import (
     GenerationResult,
     StreamResult,
 )
-from paralleldecode.decoding.layout import PAD, SHARED, Layout, independent_rows
+from paralleldecode.decoding.layout import (
+    PAD,
+    SHARED,
+    Layout,
+    independent_rows,
+    shared_prefix,
+    split_common_prefix,
+)
 
 __all__ = [
     "DecodingEngine", "GenerationConfig", "GenerationResult", "StreamResult",
-    "Layout", "independent_rows", "PAD", "SHARED",
+    "Layout", "independent_rows", "shared_prefix", "split_common_prefix", "PAD", "SHARED",
 ]

@@ -88,6 +88,9 @@ class GenerationResult:
         prompt_tokens_processed: prompt tokens the prefill computed (padding excluded).
         wall_seconds: from the prefill to the last stream's stop.
         peak_cache_bytes: largest KV-cache size seen.
+        step_tokens: token slots fed over all decoding steps (padding slots included): what
+            the steps after the prefill computed. Finished streams add nothing.
+        prefill_seconds: wall time of the prefill (the first token of every stream included).
     """
 
     streams: list[StreamResult]
@@ -95,6 +98,8 @@ class GenerationResult:
     prompt_tokens_processed: int
     wall_seconds: float
     peak_cache_bytes: int = 0
+    step_tokens: int = 0
+    prefill_seconds: float = 0.0
 
     @property
     def generated_tokens(self) -> int:
@@ -136,6 +141,26 @@ class DecodingEngine:
     def max_positions(self) -> int | None:
         """The model's context window in tokens, when its config states one."""
         return getattr(self.model.config, "max_position_embeddings", None)
+
+    def require_branch_support(self) -> None:
+        """Refuse models that branch layouts cannot serve, naming the model type.
+
+        Branches continue positions from a shared prefix, which is only meaningful for
+        rotary position embeddings, and need attention that takes a custom 4D mask.
+        """
+        model_type = getattr(self.model.config, "model_type", type(self.model).__name__)
+        base = getattr(self.model, "base_model", self.model)
+        if not any("rotary" in type(m).__name__.lower() for m in base.children()):
+            raise ValueError(
+                f"branch layouts need a causal LM with rotary position embeddings (Llama, "
+                f"Qwen2, Qwen3, Mistral, ...); model type {model_type!r} has none"
+            )
+        attn = getattr(self.model.config, "_attn_implementation", None)
+        if attn not in ("sdpa", "eager"):
+            raise ValueError(
+                f"branch layouts need attention that takes a 4D mask (sdpa or eager); model "
+                f"type {model_type!r} uses {attn!r}: set attn_implementation to sdpa or eager"
+            )
 
     def eos_ids(self, config: GenerationConfig) -> set[int]:
         if config.eos_token_ids is not None:
@@ -185,8 +210,9 @@ class DecodingEngine:
         )  # (B, len(needed), V)
         col = torch.searchsorted(needed, layout.last_slot.to(dev))
         stream_logits = logits[st.stream_row, col]  # (S, V)
-        passes = 1
+        passes, fed = 1, 0
         peak = _cache_bytes(cache)
+        prefill_wall = time.perf_counter() - start
 
         while True:
             live = [i for i in range(n) if not st.done[i]]
@@ -205,6 +231,7 @@ class DecodingEngine:
             for i in live:
                 st.position[i] += 1
             passes += 1
+            fed += step_ids.numel()
             peak = max(peak, _cache_bytes(cache))
 
         wall = time.perf_counter() - start
@@ -217,7 +244,8 @@ class DecodingEngine:
             )
             for i in range(n)
         ]
-        return GenerationResult(streams, passes, layout.processed_tokens, wall, peak)
+        return GenerationResult(streams, passes, layout.processed_tokens, wall, peak, fed,
+                                prefill_wall)
 
     # -- pieces of the loop -------------------------------------------------------------
 

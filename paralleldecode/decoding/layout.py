@@ -143,3 +143,56 @@ def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
     out.masked_fill_(~mask, torch.finfo(dtype).min)
     return out[:, None]
+
+
+def split_common_prefix(sequences: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """Split token sequences into their longest common prefix and the remainders.
+
+    The split is made on token ids, not text, so ``prefix + suffix_i == sequences[i]``
+    exactly: sharing the prefix can never change how a prompt was tokenised. The prefix
+    stops one token short of the shortest sequence, so every suffix is non-empty (its last
+    token yields the stream's first generated token).
+    """
+    if not sequences or any(len(s) == 0 for s in sequences):
+        raise ValueError("split_common_prefix needs at least one sequence, none of them empty")
+    n = min(len(s) for s in sequences) - 1
+    first = sequences[0]
+    for s in sequences[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return list(first[:n]), [list(s[n:]) for s in sequences]
+
+
+def shared_prefix(sequences: list[list[int]], pad_id: int) -> Layout:
+    """One row: the sequences' common prefix once, then each remainder as a branch.
+
+    Branch ``i`` sees the prefix and its own tokens only, and its positions continue from
+    the prefix as if it were alone, so under greedy decoding each branch produces what
+    ``independent_rows`` would produce for ``sequences[i]``, while the prefix is computed
+    and cached once instead of once per sequence.
+
+    Args:
+        sequences: ``S`` token-id lists (whole prompts).
+        pad_id: unused (a single row needs no padding); kept for a uniform signature.
+    """
+    del pad_id
+    prefix, suffixes = split_common_prefix(sequences)
+    p = len(prefix)
+    ids, owner, pos, last = list(prefix), [SHARED] * p, list(range(p)), []
+    for i, suffix in enumerate(suffixes):
+        ids.extend(suffix)
+        owner.extend([i] * len(suffix))
+        pos.extend(range(p, p + len(suffix)))
+        last.append(len(ids) - 1)
+    lengths = torch.tensor([p + len(s) for s in suffixes])
+    return Layout(
+        input_ids=torch.tensor([ids]),
+        position_ids=torch.tensor([pos]),
+        owner=torch.tensor([owner]),
+        stream_row=torch.zeros(len(suffixes), dtype=torch.long),
+        last_slot=torch.tensor(last),
+        next_position=lengths,
+        prompt_tokens=lengths.clone(),
+    )

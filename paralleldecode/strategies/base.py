@@ -19,7 +19,10 @@ from paralleldecode.decoding import (
     GenerationConfig,
     GenerationResult,
     independent_rows,
+    shared_prefix,
 )
+
+LAYOUTS = {"rows": independent_rows, "shared_prefix": shared_prefix}
 from paralleldecode.metrics import score_answer
 from paralleldecode.prompts import Message, Parsed, PromptRenderer, ReplyFormat
 
@@ -41,17 +44,23 @@ class Cost:
         generated_tokens: tokens generated, stop tokens included.
         forward_passes: model calls.
         wall_seconds: wall time of the strategy on the group.
+        decode_seconds: the part of it spent in decoding steps after prefills.
+        peak_cache_bytes: the largest KV cache any of its generate calls held.
     """
 
     prompt_tokens: int = 0
     generated_tokens: int = 0
     forward_passes: int = 0
     wall_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    peak_cache_bytes: int = 0
 
     def add(self, res: GenerationResult) -> None:
         self.prompt_tokens += res.prompt_tokens_processed
         self.generated_tokens += res.generated_tokens
         self.forward_passes += res.forward_passes
+        self.decode_seconds += res.wall_seconds - res.prefill_seconds
+        self.peak_cache_bytes = max(self.peak_cache_bytes, res.peak_cache_bytes)
 
 
 @dataclass
@@ -124,9 +133,14 @@ class RunContext:
         build: Callable[[QuestionGroup], list[list[Message]]],
         reply: ReplyFormat,
         max_new_tokens: int | None = None,
+        layout: str = "rows",
     ) -> tuple[list[str], GenerationResult]:
         """Render ``build(group)`` (one message list per stream) primed with ``reply``, fit
-        the window, and generate the streams as independent rows of one batch.
+        the window, and generate the streams together.
+
+        Args:
+            layout: ``"rows"`` (each stream its own padded row) or ``"shared_prefix"`` (one
+                row: the streams' common prefix once, then one branch per stream).
 
         Returns:
             each stream's whole reply (see :meth:`ReplyFormat.complete`), and the result.
@@ -136,7 +150,9 @@ class RunContext:
             gen = dataclasses.replace(gen, max_new_tokens=max_new_tokens)
         gen = dataclasses.replace(gen, stop_strings=(reply.close, *gen.stop_strings))
         ids = self.fit(group, build, gen.max_new_tokens, reply.prefix)
-        res = self.engine.generate(independent_rows(ids, self.engine.pad_id), gen)
+        if layout == "shared_prefix":
+            self.engine.require_branch_support()
+        res = self.engine.generate(LAYOUTS[layout](ids, self.engine.pad_id), gen)
         return [reply.complete(s.text, s.finish_reason) for s in res.streams], res
 
     def fit(

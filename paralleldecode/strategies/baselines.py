@@ -5,6 +5,9 @@
 * ``sequential``: a chat with one question per turn; earlier questions and the model's
   replies stay in the prompt, which is processed again each turn (history grows).
 * ``batch``: every question as its own prompt (context repeated), all in one padded batch.
+* ``one_sequence``: the same prompts as ``batch``, but in one sequence: their common prefix
+  (instructions and context) is computed once and each question is a branch after it;
+  every decoding step feeds one token per live branch in a single forward pass.
 """
 
 from __future__ import annotations
@@ -67,10 +70,12 @@ class Sequential(Strategy):
 @register
 class Batch(Strategy):
     name = "batch"
+    layout = "rows"
 
     def run(self, group: QuestionGroup, ctx: RunContext) -> GroupRun:
         clock = Timer()
-        replies, res = ctx.generate(group, lambda g: [one_question(g, q) for q in g.questions], ONE_ANSWER)
+        replies, res = ctx.generate(group, lambda g: [one_question(g, q) for q in g.questions],
+                                    ONE_ANSWER, layout=self.layout)
         wall = clock()
         results = [
             self.result(group, q, reply, parse_answer(reply), s.finish_reason,
@@ -81,3 +86,12 @@ class Batch(Strategy):
         cost = Cost(wall_seconds=wall)
         cost.add(res)
         return GroupRun(results, cost)
+
+
+@register
+class OneSequence(Batch):
+    """``batch``'s prompts decoded as branches of one shared-prefix sequence; under greedy
+    decoding it gives ``batch``'s answers token for token."""
+
+    name = "one_sequence"
+    layout = "shared_prefix"
