@@ -28,6 +28,13 @@ SYSTEM_MANY = (
     "preferably words copied from the text. Reply with JSON only, in the form "
     '{"answers": {"1": "...", "2": "..."}} with one entry per question.'
 )
+SYSTEM_PLAN = (
+    "You help plan a project. For the sub-task you are given, write a short, concrete plan "
+    "(a few steps, within the stated constraints). Reply with JSON only, in the form "
+    '{"answer": "..."}.'
+)
+# Data sets whose questions are not extractive QA get their own instruction.
+SYSTEM_BY_DATASET = {"planning": SYSTEM_PLAN}
 LETTERS = "ABCDEFGHIJ"
 
 Message = dict[str, str]
@@ -84,16 +91,21 @@ def context_block(group: QuestionGroup) -> str:
     return f"Context:\n{group.background}\n\n" if group.background else ""
 
 
-def one_question(group: QuestionGroup, q: Question, system: str = SYSTEM_ONE) -> list[Message]:
+def single_system(group: QuestionGroup) -> str:
+    """The instruction for one question of ``group``'s data set."""
+    return SYSTEM_BY_DATASET.get(group.dataset, SYSTEM_ONE)
+
+
+def one_question(group: QuestionGroup, q: Question, system: str | None = None) -> list[Message]:
     """Messages asking a single question of the group."""
     return [
-        {"role": "system", "content": system},
+        {"role": "system", "content": system or single_system(group)},
         {"role": "user", "content": context_block(group) + question_block(q)},
     ]
 
 
 def conversation(
-    group: QuestionGroup, asked: list[tuple[Question, str]], q: Question, system: str = SYSTEM_ONE
+    group: QuestionGroup, asked: list[tuple[Question, str]], q: Question, system: str | None = None
 ) -> list[Message]:
     """A multi-turn chat: the context with the first question, then one turn per question.
 
@@ -101,7 +113,7 @@ def conversation(
         asked: earlier questions with the model's raw replies, in order.
         q: the question of this turn.
     """
-    msgs: list[Message] = [{"role": "system", "content": system}]
+    msgs: list[Message] = [{"role": "system", "content": system or single_system(group)}]
     for i, (prev, reply) in enumerate(asked):
         lead = context_block(group) if i == 0 else ""
         msgs.append({"role": "user", "content": lead + question_block(prev)})

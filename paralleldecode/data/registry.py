@@ -8,6 +8,7 @@ from paralleldecode.data.demo import load_demo
 from paralleldecode.data.grouping import select_groups
 from paralleldecode.data.records import DataError, QuestionGroup
 from paralleldecode.data.squad import DEFAULT_HUB_ID, load_squad
+from paralleldecode.data.tasks import MULTIDOC, PLANNING, RETRIEVAL, load_task
 
 Loader = Callable[[str | None, str], list[QuestionGroup]]
 
@@ -64,3 +65,20 @@ def _demo(data_path: str | None, split: str) -> list[QuestionGroup]:
 @register_dataset("squad")
 def _squad(data_path: str | None, split: str) -> list[QuestionGroup]:
     return load_squad(data_path or DEFAULT_HUB_ID, split)
+
+
+# The generated task families have no splits, so `split` is ignored; data_path None generates
+# the default groups, a path reads a user JSON-lines file (see `paralleldecode.data.tasks`).
+@register_dataset(RETRIEVAL)
+def _retrieval(data_path: str | None, split: str) -> list[QuestionGroup]:
+    return load_task(RETRIEVAL, data_path)
+
+
+@register_dataset(MULTIDOC)
+def _multidoc(data_path: str | None, split: str) -> list[QuestionGroup]:
+    return load_task(MULTIDOC, data_path)
+
+
+@register_dataset(PLANNING)
+def _planning(data_path: str | None, split: str) -> list[QuestionGroup]:
+    return load_task(PLANNING, data_path)
