@@ -22,9 +22,13 @@ def test_demo_config_on_the_embedded_model(tmp_path):
     (out,) = tmp_path.glob("lightning_logs/version_*")
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "predictions.jsonl").open()]
-    assert set(summary) == {"all_in_one", "sequential", "batch"}
+    assert list(summary) == ["all_in_one", "sequential", "batch", "one_sequence"]
     n = summary["batch"]["questions"]
-    assert n >= 36 and len(records) == 3 * n
+    assert n >= 36 and len(records) == 4 * n
+    # Same greedy answers as batch, with the context processed once per group.
+    by = {(r["strategy"], r["question_id"]): r["raw"] for r in records}
+    assert all(by[("one_sequence", q)] == by[("batch", q)] for (s, q) in by if s == "batch")
+    assert summary["one_sequence"]["prompt_tokens"] < summary["batch"]["prompt_tokens"] / 2
     # A real model answers some demo questions right; a broken pipeline scores zero.
     assert summary["batch"]["f1"] > 20 and summary["sequential"]["f1"] > 20
     assert summary["batch"]["format_rate"] > 50
