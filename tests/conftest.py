@@ -54,7 +54,15 @@ def _train_tokenizer(folder: Path, chat_template: str | None) -> None:
 
 
 def _build_model(arch: str, folder: Path, vocab_size: int, tok_folder: Path) -> None:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     tok = AutoTokenizer.from_pretrained(tok_folder)
     common = dict(
@@ -68,6 +76,8 @@ def _build_model(arch: str, folder: Path, vocab_size: int, tok_folder: Path) -> 
     torch.manual_seed(0)
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
+    elif arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
     else:
         model = Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common))
     model.save_pretrained(folder)
@@ -83,13 +93,13 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
-    """Folders of tiny random models: ``llama``, ``qwen3`` (chat template) and
+    """Folders of tiny random models: ``llama``, ``qwen2``, ``qwen3`` (chat template) and
     ``llama-nochat`` (a tokenizer without a chat template)."""
     from transformers import AutoTokenizer
 
     vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
     out = {}
-    for arch in ("llama", "qwen3"):
+    for arch in ("llama", "qwen2", "qwen3"):
         folder = tmp_path_factory.mktemp(f"tiny-{arch}")
         _build_model(arch, folder, vocab, tokenizer_dir)
         out[arch] = folder

@@ -56,7 +56,7 @@ def test_shared_prefix_layout_positions_and_owners():
     assert lay.processed_tokens == 7
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_branches_give_batch_answers_token_for_token(tiny_models, arch, attn):
     ctx = _ctx(tiny_models[arch], attn)
