@@ -9,12 +9,13 @@ then merges the ranks' files once.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from paralleldecode.data.records import DataError, QuestionGroup
-from paralleldecode.data.registry import dataset_names, load_groups
+from paralleldecode.data.registry import dataset_names, dataset_options, load_groups
 
 
 class _Groups(Dataset):
@@ -43,8 +44,10 @@ class QAGroupsDataModule(L.LightningDataModule):
         context_count: sample this many groups (seeded); None keeps all.
         min_questions: leave out groups with fewer questions.
         max_questions: split larger groups into chunks of at most this many.
-        seed: seed of the group sample.
+        seed: seed of the group sample (and of data sets that group at random).
         batch_size: groups per predict batch.
+        dataset_options: options of the chosen data set (e.g. ``{group_size: 4}`` for
+            ``hotpot``); unknown ones are refused with the list of accepted ones.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class QAGroupsDataModule(L.LightningDataModule):
         max_questions: int | None = None,
         seed: int = 0,
         batch_size: int = 1,
+        dataset_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -67,6 +71,13 @@ class QAGroupsDataModule(L.LightningDataModule):
         if max_questions is not None and min_questions > max_questions:
             raise DataError(
                 f"data.min_questions ({min_questions}) is larger than data.max_questions ({max_questions})"
+            )
+        accepted = dataset_options(dataset)
+        unknown = sorted(set(dataset_options or {}) - set(accepted))
+        if unknown:
+            raise DataError(
+                f"data.dataset_options: {dataset!r} has no option {', '.join(map(repr, unknown))}; "
+                f"accepted: {', '.join(a for a in accepted if a != 'seed') or 'none'}"
             )
         if batch_size < 1:
             raise DataError(f"data.batch_size must be >= 1, got {batch_size}")
@@ -80,6 +91,7 @@ class QAGroupsDataModule(L.LightningDataModule):
         self.groups = load_groups(
             h.dataset, data_path=path, split=h.split, min_questions=h.min_questions,
             max_questions=h.max_questions, context_count=h.context_count, seed=h.seed,
+            options=h.dataset_options,
         )
 
     def predict_dataloader(self) -> DataLoader:

@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+ANSWER_TYPES = ("short", "choice", "long")
+
+
 class DataError(ValueError):
     """A data file, record or grouping option is not usable; the message says which."""
 
@@ -27,6 +30,10 @@ class Question:
         options: answer options for multiple choice (the prompt then asks for a letter).
         context: this question's own context, for data sets without a shared background.
         metadata: anything else the adapter keeps (answer offsets, question type, ...).
+        answer_type: how answers are scored: ``"short"`` (EM, F1, lenient), ``"choice"``
+            (accuracy on the option letter; set automatically when ``options`` are given;
+            ``answers`` then holds the gold letter) or ``"long"`` (BLEU-4, ROUGE-1/2/L and,
+            when configured, an LLM judge).
     """
 
     id: str
@@ -35,11 +42,18 @@ class Question:
     options: list[str] | None = None
     context: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    answer_type: str = "short"
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str) or not self.text.strip():
             raise DataError(f"question {self.id!r}: the question text is empty")
         self.answers = [str(a) for a in self.answers]
+        if self.options:
+            self.answer_type = "choice"
+        if self.answer_type not in ANSWER_TYPES:
+            raise DataError(
+                f"question {self.id!r}: answer_type {self.answer_type!r} is not one of {', '.join(ANSWER_TYPES)}"
+            )
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from paralleldecode.data.demo import load_demo
 from paralleldecode.data.grouping import select_groups
@@ -10,13 +12,15 @@ from paralleldecode.data.records import DataError, QuestionGroup
 from paralleldecode.data.squad import DEFAULT_HUB_ID, load_squad
 from paralleldecode.data.tasks import MULTIDOC, PLANNING, RETRIEVAL, load_task
 
-Loader = Callable[[str | None, str], list[QuestionGroup]]
+Loader = Callable[..., list[QuestionGroup]]
 
 _LOADERS: dict[str, Loader] = {}
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Decorator registering ``fn(data_path, split) -> list[QuestionGroup]`` under ``name``.
+    """Decorator registering ``fn(data_path, split, *, **options) -> list[QuestionGroup]``
+    under ``name``. Keyword-only parameters of ``fn`` are the data set's options (set from
+    ``data.dataset_options``); a ``seed`` parameter receives the run's seed.
 
     Raises:
         ValueError: ``name`` is already registered (two loaders silently shadowing each other
@@ -35,9 +39,16 @@ def dataset_names() -> list[str]:
     return sorted(_LOADERS)
 
 
+def dataset_options(dataset: str) -> list[str]:
+    """The options (keyword-only parameters) the loader of ``dataset`` accepts."""
+    params = inspect.signature(_LOADERS[dataset]).parameters.values()
+    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
 def load_groups(dataset: str, data_path: str | None = None, split: str = "validation",
                 min_questions: int = 1, max_questions: int | None = None,
-                context_count: int | None = None, seed: int = 0) -> list[QuestionGroup]:
+                context_count: int | None = None, seed: int = 0,
+                options: Mapping[str, Any] | None = None) -> list[QuestionGroup]:
     """Loads a registered data set and selects groups from it (see `select_groups`).
 
     Args:
@@ -45,13 +56,24 @@ def load_groups(dataset: str, data_path: str | None = None, split: str = "valida
         data_path: a local file or hub id; each loader documents its default for None.
         split: the split to load, where the data set has splits.
         min_questions, max_questions, context_count, seed: passed to `select_groups`.
+        options: data-set-specific options (see `dataset_options`).
 
     Raises:
         DataError: the name is unknown, or loading or selecting fails.
     """
     if dataset not in _LOADERS:
         raise DataError(f"unknown data set {dataset!r}; registered: {', '.join(dataset_names())}")
-    groups = _LOADERS[dataset](data_path, split)
+    accepted = dataset_options(dataset)
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - set(accepted))
+    if unknown:
+        raise DataError(
+            f"data set {dataset!r} has no option {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(a for a in accepted if a != 'seed') or 'none'}"
+        )
+    if "seed" in accepted:
+        opts.setdefault("seed", seed)
+    groups = _LOADERS[dataset](data_path, split, **opts)
     return select_groups(groups, min_questions=min_questions, max_questions=max_questions,
                          context_count=context_count, seed=seed)
 
