@@ -15,7 +15,8 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from paralleldecode.data.records import DataError, QuestionGroup
-from paralleldecode.data.registry import dataset_names, dataset_options, load_groups
+from paralleldecode.data.registry import dataset_names, load_groups
+from paralleldecode.data.registry import dataset_options as accepted_options
 
 
 class _Groups(Dataset):
@@ -72,7 +73,7 @@ class QAGroupsDataModule(L.LightningDataModule):
             raise DataError(
                 f"data.min_questions ({min_questions}) is larger than data.max_questions ({max_questions})"
             )
-        accepted = dataset_options(dataset)
+        accepted = accepted_options(dataset)
         unknown = sorted(set(dataset_options or {}) - set(accepted))
         if unknown:
             raise DataError(
