@@ -14,36 +14,57 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import SumMetric
+from torchmetrics import MeanMetric, SumMetric
+from torchmetrics.text import BLEUScore
 
 from paralleldecode.data.records import QuestionGroup
+from paralleldecode.backends.judge import LLMJudge
+from paralleldecode.backends.openai_api import OpenAIClient
+from paralleldecode.backends.remote import RemoteContext
+from paralleldecode.backends.vllm_client import VLLMClient
 from paralleldecode.decoding import DecodingEngine, GenerationConfig
-from paralleldecode.metrics import F1, ExactMatch, FormatRate, Lenient
+from paralleldecode.metrics import FormatRate, MeanScore, spaced
 from paralleldecode.models.loading import DEFAULT_MODEL, load_causal_lm
 from paralleldecode.prompts import PromptRenderer
 from paralleldecode.strategies import GroupRun, RunContext, get_strategy
 
 from lightning_modules.writer import PredictionWriter
 
+_MEAN_SCORES = ("em", "f1", "lenient", "accuracy", "rouge1", "rouge2", "rougeL")
+_JUDGE = ("fluency", "relevance", "completeness", "proficiency")
 _COSTS = ("questions", "prompt_tokens", "generated_tokens", "forward_passes", "wall_seconds")
 
 
 class StrategyFigures(nn.Module):
-    """Per-strategy accumulators: answer quality (percent) and summed costs."""
+    """Per-strategy accumulators, synced across ranks: answer quality in percent (each
+    metric over the questions it applies to) and summed costs."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.quality = nn.ModuleDict(
-            {"em": ExactMatch(), "f1": F1(), "lenient": Lenient(), "format_rate": FormatRate()}
-        )
+        self.quality = nn.ModuleDict({k: MeanScore() for k in _MEAN_SCORES})
+        self.quality["format_rate"] = FormatRate()
+        # Corpus BLEU pools n-gram counts over all long answers (torchmetrics' states sum
+        # across ranks); a mean of sentence BLEU would be dominated by zeros.
+        self.bleu = BLEUScore(n_gram=4)
+        self.long_answers = SumMetric()
+        self.judged = nn.ModuleDict({k: MeanMetric(nan_strategy="ignore") for k in _JUDGE})
+        self.judge_failures = SumMetric()
         self.costs = nn.ModuleDict({k: SumMetric() for k in _COSTS})
 
     def update(self, run: GroupRun) -> None:
-        answers = [r.answer for r in run.results]
-        golds = [r.gold for r in run.results]
-        for key in ("em", "f1", "lenient"):
-            self.quality[key].update(answers, golds)
+        for key in _MEAN_SCORES:
+            self.quality[key].update([v for r in run.results if (v := getattr(r, key)) is not None])
         self.quality["format_rate"].update([r.format_ok for r in run.results])
+        long = [r for r in run.results if r.answer_type == "long" and r.gold]
+        if long:
+            self.bleu.update([spaced(r.answer) for r in long], [[spaced(g) for g in r.gold] for r in long])
+        self.long_answers.update(torch.tensor(float(len(long)), dtype=torch.float64))
+        for key in _JUDGE:
+            vals = [v for r in run.results if (v := getattr(r, f"judge_{key}")) is not None]
+            if vals:
+                self.judged[key].update(torch.tensor(vals, dtype=torch.float64))
+        failures = sum(1 for r in run.results if r.judge_error)
+        self.judge_failures.update(torch.tensor(float(failures), dtype=torch.float64))
         c = run.cost
         for key, value in zip(_COSTS, (len(run.results), c.prompt_tokens, c.generated_tokens,
                                        c.forward_passes, c.wall_seconds)):
@@ -51,13 +72,21 @@ class StrategyFigures(nn.Module):
 
     def compute(self) -> dict[str, float]:
         out = {k: float(m.compute()) for k, m in self.quality.items()}
+        # Every rank computes both (compute is collective); BLEU of no answers is undefined.
+        has_long = float(self.long_answers.compute()) > 0
+        bleu = 100.0 * float(self.bleu.compute())
+        out["bleu4"] = bleu if has_long else float("nan")
+        for key, m in self.judged.items():
+            out[f"judge_{key}"] = float(m.compute())
+        out["judge_failures"] = int(round(float(self.judge_failures.compute())))
         for k, m in self.costs.items():
             v = float(m.compute())
             out[k] = v if k == "wall_seconds" else int(round(v))
         return out
 
     def reset(self) -> None:
-        for m in [*self.quality.values(), *self.costs.values()]:
+        for m in [*self.quality.values(), *self.costs.values(), *self.judged.values(),
+                  self.bleu, self.long_answers, self.judge_failures]:
             m.reset()
 
 
@@ -80,6 +109,11 @@ class StrategyModule(L.LightningModule):
         truncate_context: cut a too-long background to fit the context window instead of
             failing with an error naming the group.
         output_dir: where predictions/summary/plot go; None = the run's log directory.
+        backend: run the text-only strategies elsewhere instead of on ``model_name``: an
+            ``OpenAIClient`` (any OpenAI-compatible HTTP API) or a ``VLLMClient``. Strategies
+            needing a local model, hidden states or a checkpoint are refused.
+        judge: an ``LLMJudge`` that scores long answers (1-5 on fluency, relevance,
+            completeness, domain proficiency); its averages join the summary.
     """
 
     def __init__(
@@ -96,15 +130,28 @@ class StrategyModule(L.LightningModule):
         use_chat_template: str = "auto",
         truncate_context: bool = False,
         output_dir: str | None = None,
+        backend: OpenAIClient | VLLMClient | None = None,
+        judge: LLMJudge | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # Clients are objects, not hyperparameters; LightningCLI's config.yaml records them.
+        self.save_hyperparameters(ignore=["backend", "judge"])
         if not strategies:
             raise ValueError("model.strategies is empty; name at least one strategy")
         if len(set(strategies)) != len(strategies):
             raise ValueError(f"model.strategies lists a strategy twice: {strategies}")
         # Fails here, before any weights load, on an unknown name.
         self.strategies = [get_strategy(name) for name in strategies]
+        self.backend = backend
+        self.judge = judge
+        if backend is not None:
+            for strategy in self.strategies:
+                if strategy.requirements():
+                    raise ValueError(
+                        f"strategy {strategy.name!r} needs {' and '.join(strategy.requirements())}; it "
+                        f"cannot run on the {type(backend).__name__} back-end. Remove it from "
+                        "model.strategies or run it on a local model (model.model_name)"
+                    )
         self.generation = GenerationConfig(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
             stop_strings=tuple(stop_strings or ()),
@@ -116,7 +163,7 @@ class StrategyModule(L.LightningModule):
     # -- model ----------------------------------------------------------------------------
 
     def configure_model(self) -> None:
-        if self.model is not None:
+        if self.model is not None or self.backend is not None:
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else None
         self.model, self.tokenizer = load_causal_lm(
@@ -133,7 +180,9 @@ class StrategyModule(L.LightningModule):
             return torch.float16
         return self.hparams.dtype
 
-    def context(self) -> RunContext:
+    def context(self) -> RunContext | RemoteContext:
+        if self.backend is not None:
+            return RemoteContext(self.backend, self.generation, name=type(self.backend).__name__)
         if self.model is None:
             self.configure_model()
         return RunContext(
@@ -151,9 +200,20 @@ class StrategyModule(L.LightningModule):
         for group in batch:
             for strategy in self.strategies:
                 run = strategy.run(group, ctx)
+                if self.judge is not None:
+                    self._judge(run)
                 self.figures[strategy.name].update(run)
                 records.extend(r.to_dict() for r in run.results)
         return records
+
+    def _judge(self, run: GroupRun) -> None:
+        """Score the run's long answers with the judge (cached, so reruns do not pay)."""
+        todo = [r for r in run.results if r.answer_type == "long" and r.gold and not r.error]
+        scores = self.judge.score_many([(r.question, r.gold[0], r.answer) for r in todo])
+        for r, sc in zip(todo, scores):
+            r.judge_error = sc.error
+            for key in _JUDGE:
+                setattr(r, f"judge_{key}", getattr(sc, key))
 
     def on_predict_epoch_start(self) -> None:
         for f in self.figures.values():

@@ -42,11 +42,24 @@ _PERCENT = _formatter(".1f")
 _COUNT = _formatter(".0f")
 _SECONDS = _formatter(".2f")
 
-# (header, summary key, formatter) for every column after the strategy name.
+# (header, summary key, formatter) for every column after the strategy name. Quality
+# columns only appear when some strategy has a value for them (a multiple-choice set has
+# no EM, a short-answer set no ROUGE); EM and F1 always show, as the common case.
+_OPTIONAL = {"lenient", "accuracy", "bleu4", "rouge1", "rouge2", "rougeL",
+             "judge_fluency", "judge_relevance", "judge_completeness", "judge_proficiency"}
 _COLUMNS: tuple[tuple[str, str, Callable[[object], str]], ...] = (
     ("EM", "em", _PERCENT),
     ("F1", "f1", _PERCENT),
     ("lenient", "lenient", _PERCENT),
+    ("acc", "accuracy", _PERCENT),
+    ("BLEU-4", "bleu4", _PERCENT),
+    ("R-1", "rouge1", _PERCENT),
+    ("R-2", "rouge2", _PERCENT),
+    ("R-L", "rougeL", _PERCENT),
+    ("fluency", "judge_fluency", _formatter(".2f")),
+    ("relevance", "judge_relevance", _formatter(".2f")),
+    ("complete", "judge_completeness", _formatter(".2f")),
+    ("domain", "judge_proficiency", _formatter(".2f")),
     ("format%", "format_rate", _PERCENT),
     ("questions", "questions", _COUNT),
     ("prompt tok", "prompt_tokens", _COUNT),
@@ -70,14 +83,18 @@ def format_table(summary: Summary) -> str:
     Returns:
         The table as lines joined by newlines, without a trailing newline.
     """
-    header = ["strategy", *(title for title, _, _ in _COLUMNS)]
+    columns = [
+        col for col in _COLUMNS
+        if col[1] not in _OPTIONAL or any(_finite(f.get(col[1])) is not None for f in summary.values())
+    ]
+    header = ["strategy", *(title for title, _, _ in columns)]
     rows: list[tuple[str, list[str] | str]] = []
     for name, figures in summary.items():
         reason = figures.get("skipped")
         if reason:
             rows.append((name, f"skipped: {reason}"))
         else:
-            rows.append((name, [fmt(figures.get(key)) for _, key, fmt in _COLUMNS]))
+            rows.append((name, [fmt(figures.get(key)) for _, key, fmt in columns]))
 
     widths = [len(title) for title in header]
     for name, cells in rows:
@@ -104,7 +121,8 @@ def format_table(summary: Summary) -> str:
 
 
 # (summary key, legend label, marker) for the quality figures plotted on the y axis.
-_QUALITY = (("em", "EM", "o"), ("f1", "F1", "^"))
+_QUALITY = (("em", "EM", "o"), ("f1", "F1", "^"), ("accuracy", "accuracy", "s"),
+            ("rougeL", "ROUGE-L", "D"))
 # (summary key, axis label) for the cost figure of each panel.
 _COSTS = (("wall_seconds", "wall-clock seconds"), ("generated_tokens", "generated tokens"))
 
@@ -112,7 +130,7 @@ _COSTS = (("wall_seconds", "wall-clock seconds"), ("generated_tokens", "generate
 def write_plot(summary: Summary, path: str | os.PathLike[str]) -> None:
     """Plots quality against cost for every strategy that ran and saves it as a PNG.
 
-    The left panel puts EM and F1 against wall-clock seconds, the right panel against
+    The left panel puts EM, F1, accuracy and ROUGE-L (those present) against wall-clock seconds, the right panel against
     generated tokens; each point is labelled with its strategy. Skipped strategies and
     points with a NaN or missing coordinate are left out.
 

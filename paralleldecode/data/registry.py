@@ -104,3 +104,13 @@ def _multidoc(data_path: str | None, split: str) -> list[QuestionGroup]:
 @register_dataset(PLANNING)
 def _planning(data_path: str | None, split: str) -> list[QuestionGroup]:
     return load_task(PLANNING, data_path)
+
+
+# Adapters that register themselves; imported here so that asking the registry for any
+# data set name works without importing its module first.
+import paralleldecode.data.cmb  # noqa: E402,F401
+import paralleldecode.data.drop  # noqa: E402,F401
+import paralleldecode.data.hotpot  # noqa: E402,F401
+import paralleldecode.data.quac  # noqa: E402,F401
+import paralleldecode.data.quality  # noqa: E402,F401
+import paralleldecode.data.triviaqa  # noqa: E402,F401

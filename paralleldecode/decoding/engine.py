@@ -64,18 +64,24 @@ class StreamResult:
     Attributes:
         token_ids: generated ids, up to and including the one that stopped the stream.
         text: decoded answer (special tokens skipped, cut before a stop string).
-        finish_reason: ``"eos"``, ``"stop_string"`` or ``"length"``.
+        finish_reason: ``"eos"``, ``"stop_string"`` or ``"length"`` (a remote back-end
+            may also say ``"error"``).
         prompt_tokens: tokens in this stream's prompt.
+        generated_tokens: tokens generated; ``len(token_ids)`` unless given (a remote
+            back-end reports a count, not ids).
+        error: why the stream failed (remote back-ends), None when it did not.
     """
 
     token_ids: list[int]
     text: str
     finish_reason: str
     prompt_tokens: int
+    generated_tokens: int = -1
+    error: str | None = None
 
-    @property
-    def generated_tokens(self) -> int:
-        return len(self.token_ids)
+    def __post_init__(self) -> None:
+        if self.generated_tokens < 0:
+            self.generated_tokens = len(self.token_ids)
 
 
 @dataclass

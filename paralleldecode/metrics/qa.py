@@ -208,6 +208,14 @@ class Lenient(_AnswerMetric):
     _score = staticmethod(lenient_match)
 
 
+class MeanScore(_PercentMean):
+    """Mean of per-question scores (0..1) computed elsewhere, in percent."""
+
+    def update(self, scores: Sequence[float]) -> None:
+        """Adds a batch of scores, each between 0 and 1."""
+        self._add([float(s) for s in scores])
+
+
 class FormatRate(_PercentMean):
     """Percentage of outputs that followed the requested answer format."""
 

@@ -23,7 +23,7 @@ from paralleldecode.decoding import (
 )
 
 LAYOUTS = {"rows": independent_rows, "shared_prefix": shared_prefix}
-from paralleldecode.metrics import score_answer
+from paralleldecode.metrics import score
 from paralleldecode.prompts import Message, Parsed, PromptRenderer, ReplyFormat
 
 
@@ -67,7 +67,9 @@ class Cost:
 class QuestionResult:
     """One answered question: one line of ``predictions.jsonl``.
 
-    Token and pass figures are those of the generate call that produced the answer; where
+    Quality scores (0..1) are those of the question's ``answer_type`` (EM/F1/lenient for
+    short answers, accuracy for multiple choice, BLEU-4/ROUGE for long answers); the others
+    stay None, as do all of them for a question without gold. Token and pass figures are those of the generate call that produced the answer; where
     one call answers several questions in one stream (``all_in_one``) its tokens are shared
     equally among them. ``latency_s`` is the time from the group's start until this answer
     was available.
@@ -87,14 +89,26 @@ class QuestionResult:
     generated_tokens: float
     forward_passes: int
     latency_s: float
+    answer_type: str = "short"
+    options: list[str] | None = None
+    error: str | None = None
     em: float | None = None
     f1: float | None = None
     lenient: float | None = None
+    accuracy: float | None = None
+    bleu4: float | None = None
+    rouge1: float | None = None
+    rouge2: float | None = None
+    rougeL: float | None = None  # noqa: N815 - the metric's usual name
+    judge_fluency: float | None = None
+    judge_relevance: float | None = None
+    judge_completeness: float | None = None
+    judge_proficiency: float | None = None
+    judge_error: str | None = None
 
     def __post_init__(self) -> None:
-        if self.gold:
-            for key, value in score_answer(self.answer, self.gold).items():
-                setattr(self, key, value)
+        for key, value in score(self.answer, self.gold, self.answer_type, self.options).items():
+            setattr(self, key, value)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -191,12 +205,19 @@ class Strategy:
     """Base class: subclasses set ``name`` and implement :meth:`run`.
 
     Class attributes say what a strategy needs, so runners can refuse early with a clear
-    message: ``needs_local_model`` (token-level access to a local model),
-    ``needs_hidden_states``, ``needs_checkpoint``.
+    message: ``needs_local_model`` (token-level access to a local model: custom layouts,
+    the KV cache), ``needs_hidden_states``, ``needs_checkpoint``. Strategies needing none
+    of these are text-only and also run on remote back-ends.
     """
 
+    def requirements(self) -> list[str]:
+        """What this strategy needs beyond a text-in/text-out model, in words."""
+        needs = [("needs_local_model", "token-level access to a local model"),
+                 ("needs_hidden_states", "hidden states"), ("needs_checkpoint", "a trained checkpoint")]
+        return [words for attr, words in needs if getattr(self, attr)]
+
     name: ClassVar[str]
-    needs_local_model: ClassVar[bool] = True
+    needs_local_model: ClassVar[bool] = False
     needs_hidden_states: ClassVar[bool] = False
     needs_checkpoint: ClassVar[bool] = False
 
@@ -206,6 +227,7 @@ class Strategy:
     def result(
         self, group: QuestionGroup, q: Question, raw: str, parsed: Parsed, finish_reason: str,
         prompt_tokens: float, generated_tokens: float, forward_passes: int, latency_s: float,
+        error: str | None = None,
     ) -> QuestionResult:
         return QuestionResult(
             strategy=self.name, dataset=group.dataset, group_id=group.id, question_id=q.id,
@@ -213,6 +235,7 @@ class Strategy:
             format_ok=parsed.format_ok, finish_reason=finish_reason,
             prompt_tokens=prompt_tokens, generated_tokens=generated_tokens,
             forward_passes=forward_passes, latency_s=latency_s,
+            answer_type=q.answer_type, options=q.options, error=error,
         )
 
 

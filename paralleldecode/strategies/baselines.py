@@ -39,7 +39,7 @@ class AllInOne(Strategy):
             self.result(group, q, reply, p, stream.finish_reason,
                         prompt_tokens=stream.prompt_tokens / n,
                         generated_tokens=stream.generated_tokens / n,
-                        forward_passes=res.forward_passes, latency_s=wall)
+                        forward_passes=res.forward_passes, latency_s=wall, error=stream.error)
             for q, p in zip(group.questions, parse_answers(reply, n))
         ]
         cost = Cost(wall_seconds=wall)
@@ -59,7 +59,7 @@ class Sequential(Strategy):
             results.append(self.result(
                 group, q, reply, parse_answer(reply), s.finish_reason,
                 prompt_tokens=s.prompt_tokens, generated_tokens=s.generated_tokens,
-                forward_passes=res.forward_passes, latency_s=clock(),
+                forward_passes=res.forward_passes, latency_s=clock(), error=s.error,
             ))
             cost.add(res)
             asked.append((q, reply))
@@ -80,7 +80,7 @@ class Batch(Strategy):
         results = [
             self.result(group, q, reply, parse_answer(reply), s.finish_reason,
                         prompt_tokens=s.prompt_tokens, generated_tokens=s.generated_tokens,
-                        forward_passes=res.forward_passes, latency_s=wall)
+                        forward_passes=res.forward_passes, latency_s=wall, error=s.error)
             for q, s, reply in zip(group.questions, res.streams, replies)
         ]
         cost = Cost(wall_seconds=wall)
@@ -95,3 +95,4 @@ class OneSequence(Batch):
 
     name = "one_sequence"
     layout = "shared_prefix"
+    needs_local_model = True

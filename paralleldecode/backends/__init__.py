@@ -1,0 +1,1 @@
+"""Where generation runs: a local Hugging Face model, an OpenAI-compatible HTTP API, or vLLM."""
