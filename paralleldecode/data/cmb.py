@@ -25,8 +25,8 @@ from typing import Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
 from paralleldecode.data.registry import register_dataset
-from paralleldecode.data.sources import Source, field, read_source
-from paralleldecode.data.squad import with_id
+from paralleldecode.data.sources import (field, optional_field, read_source, text_field,
+                                         with_id)
 
 DATASET = "cmb"
 HUB_ID = "FreedomIntelligence/CMB"
@@ -90,7 +90,7 @@ def load_cmb(data_path: str | os.PathLike[str] | Iterable[Mapping[str, Any]] | N
     wanted = subset or ("exam" if grouping != "random" else None)
     location, hub_config = _source_location(data_path, wanted, grouping)
     source = read_source(location, DATASET, split, hub_config)
-    records = source_records(source)
+    records = source.rows(single_record=True, non_empty=True)
     layout = _layout(*records[0], source.origin)
     _check_layout(layout, wanted, grouping, source.origin)
     if layout == CLIN:
@@ -310,42 +310,3 @@ def _claim(seen: dict[str, str], key: str, where: str, what: str) -> None:
     if key in seen:
         raise DataError(f"{where}: {what} {key!r} was already used by {seen[key]}")
     seen[key] = where
-
-
-# Record helpers the other adapters reading through `read_source` share (quality imports them).
-
-
-def source_records(source: Source) -> list[tuple[str, Any]]:
-    """The located records of ``source``, also when it is a single JSON object.
-
-    Shared by the adapters that read through :func:`read_source`.
-
-    Raises:
-        DataError: the source holds no records, or a JSON value that is neither a record
-            nor a list of them.
-    """
-    # A JSON-lines file holding a single record parses as one JSON object, not as rows.
-    if isinstance(source.document, Mapping):
-        return [("the single record", source.document)]
-    records = source.rows()
-    if not records:
-        raise DataError(f"{source.origin} holds no records")
-    return records
-
-
-def optional_field(record: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    """Like :func:`field`, but None where ``record`` lacks ``key`` or holds None there.
-
-    Tables (parquet, ``datasets``) fill keys a record lacks with None, so None means absent.
-    """
-    if isinstance(record, Mapping) and record.get(key) is None:
-        return None
-    return field(record, key, kind, where)
-
-
-def text_field(record: Any, key: str, where: str) -> str:
-    """Like :func:`field` for a string that must not be blank (a question, a background)."""
-    value = field(record, key, str, where)
-    if not value.strip():
-        raise DataError(f"{where}: {key!r} is empty")
-    return value

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
-from paralleldecode.data.squad import require, with_id
+from paralleldecode.data.squad import require
+from paralleldecode.data.sources import with_id
 
 DATASET = "demo"
 LAYOUT_VERSION = 1

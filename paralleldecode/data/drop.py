@@ -19,7 +19,7 @@ from typing import Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
 from paralleldecode.data.registry import register_dataset
-from paralleldecode.data.sources import field, read_source
+from paralleldecode.data.sources import field, read_source, strings
 
 DATASET = "drop"
 DEFAULT_HUB_ID = "ucinlp/drop"
@@ -59,11 +59,8 @@ def load_drop(data_path: str | os.PathLike[str] | Iterable[Mapping[str, Any]] | 
     document = source.document
     if isinstance(document, Mapping) and "section_id" not in document:
         items = _original_items(document, source.origin)
-    elif isinstance(document, Mapping):
-        # A JSON-lines file holding a single row parses as one JSON object, not as lines.
-        items = _row_items([("line 1", document)], source.origin)
     else:
-        items = _row_items(source.rows(), source.origin)
+        items = _row_items(source.rows(single_record=True), source.origin)
     return _group_by_section(items, source.origin)
 
 
@@ -98,7 +95,7 @@ def _render(answer: Any, where: str) -> tuple[list[str], list[str]]:
     number = field(answer, "number", str, where)
     date = field(answer, "date", Mapping, where)
     date_parts = [field(date, part, str, f"{where} date") for part in ("day", "month", "year")]
-    spans = _strings(answer, "spans", where)
+    spans = strings(answer, "spans", where)
     if number:
         return [number], ["number"]
     date_text = " ".join(part for part in date_parts if part)
@@ -119,16 +116,9 @@ def _row_items(rows: Iterable[tuple[str, Any]], origin: str) -> Iterator[_Item]:
         passage = field(row, "passage", str, where)
         text = field(row, "question", str, where)
         answers = field(row, "answers_spans", Mapping, where)
-        spans = _strings(answers, "spans", f"{where} answers_spans")
-        types = _strings(answers, "types", f"{where} answers_spans")
+        spans = strings(answers, "spans", f"{where} answers_spans")
+        types = strings(answers, "types", f"{where} answers_spans")
         yield where, section_id, passage, _question(qid, text, spans, types, where)
-
-
-def _strings(record: Any, key: str, where: str) -> list[str]:
-    values = field(record, key, list, where)
-    if not all(isinstance(v, str) for v in values):
-        raise DataError(f"{where}: {key!r} should be a list of strings, got {values!r:.100}")
-    return values
 
 
 def _question(qid: str, text: str, gold: list[str], types: list[str], where: str) -> Question:

@@ -24,7 +24,7 @@ from typing import Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
 from paralleldecode.data.registry import register_dataset
-from paralleldecode.data.sources import Source, field, read_source
+from paralleldecode.data.sources import field, read_source, string_list
 
 DATASET = "hotpot"
 DEFAULT_HUB_ID = "hotpotqa/hotpot_qa"
@@ -65,7 +65,7 @@ def load_hotpot(data_path: str | os.PathLike[str] | Iterable[Mapping[str, Any]] 
                          DEFAULT_HUB_CONFIG)
     questions: list[Question] = []
     first_seen: dict[str, str] = {}
-    for location, record in _records(source):
+    for location, record in source.rows(single_record=True):
         question = _question(record, f"{source.origin}: {location}")
         if question.id in first_seen:
             raise DataError(f"{source.origin}: {location}: question id {question.id!r} was "
@@ -83,13 +83,6 @@ def load_hotpot(data_path: str | os.PathLike[str] | Iterable[Mapping[str, Any]] 
                       metadata=dict(metadata))
         for index, start in enumerate(range(0, len(shuffled), group_size))
     ]
-
-
-def _records(source: Source) -> list[tuple[str, Any]]:
-    # A JSON-lines file holding a single record parses as one JSON object, not as lines.
-    if isinstance(source.document, Mapping):
-        return [("line 1", source.document)]
-    return source.rows()
 
 
 def _question(record: Any, where: str) -> Question:
@@ -127,15 +120,16 @@ def _original_paragraphs(context: list[Any], where: str) -> list[_Paragraph]:
         if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
             raise DataError(f"{where}: 'context[{i}]' should be [title, [sentence, ..]], "
                             f"got {pair!r:.100}")
-        paragraphs.append((pair[0], _strings(pair[1], f"context[{i}][1]", where)))
+        paragraphs.append((pair[0], string_list(pair[1], f"context[{i}][1]", where)))
     return paragraphs
 
 
 def _row_paragraphs(context: Mapping[str, Any], where: str) -> list[_Paragraph]:
-    titles = _strings(field(context, "title", list, f"{where} context"), "context.title", where)
+    titles = string_list(field(context, "title", list, f"{where} context"), "context.title",
+                         where)
     sentences = field(context, "sentences", list, f"{where} context")
     _same_length(titles, sentences, "context.title", "context.sentences", where)
-    return [(title, _strings(s, f"context.sentences[{i}]", where))
+    return [(title, string_list(s, f"context.sentences[{i}]", where))
             for i, (title, s) in enumerate(zip(titles, sentences))]
 
 
@@ -150,19 +144,13 @@ def _original_facts(facts: list[Any], where: str) -> list[list[Any]]:
 
 def _row_facts(facts: Mapping[str, Any], where: str) -> list[list[Any]]:
     at = f"{where} supporting_facts"
-    titles = _strings(field(facts, "title", list, at), "supporting_facts.title", where)
+    titles = string_list(field(facts, "title", list, at), "supporting_facts.title", where)
     indices = field(facts, "sent_id", list, at)
     _same_length(titles, indices, "supporting_facts.title", "supporting_facts.sent_id", where)
     if not all(_is_index(i) for i in indices):
         raise DataError(f"{where}: 'supporting_facts.sent_id' should hold sentence indices, "
                         f"got {indices!r:.100}")
     return [[title, index] for title, index in zip(titles, indices)]
-
-
-def _strings(values: Any, key: str, where: str) -> list[str]:
-    if not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
-        raise DataError(f"{where}: {key!r} should be a list of strings, got {values!r:.100}")
-    return values
 
 
 def _same_length(first: list[Any], second: list[Any], first_key: str, second_key: str,

@@ -24,7 +24,8 @@ from typing import Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
 from paralleldecode.data.registry import register_dataset
-from paralleldecode.data.sources import field, read_source
+from paralleldecode.data.sources import (field, optional_field, read_source, string_list,
+                                         strings)
 
 DATASET = "quac"
 DEFAULT_HUB_ID = "quac"
@@ -74,11 +75,8 @@ def load_quac(data_path: str | os.PathLike[str] | Iterable[Mapping[str, Any]] | 
     document = source.document
     if isinstance(document, Mapping) and "data" in document:
         groups = _original_groups(document, source.origin)
-    elif isinstance(document, Mapping):
-        # A JSON-lines file holding a single row parses as one JSON object, not as lines.
-        groups = _row_groups([("line 1", document)], source.origin)
     else:
-        groups = _row_groups(source.rows(), source.origin)
+        groups = _row_groups(source.rows(single_record=True), source.origin)
     return _unique(groups, source.origin)
 
 
@@ -88,7 +86,8 @@ def _original_groups(document: Mapping[str, Any],
         at = f"{origin}: data[{a}]"
         title = field(article, "title", str, at)
         section = field(article, "section_title", str, at)
-        page_background = _optional_text(article, "background", at)
+        # The article background only adds to the header; records without one are usable.
+        page_background = optional_field(article, "background", str, at) or ""
         for p, paragraph in enumerate(field(article, "paragraphs", list, at)):
             where = f"{at}.paragraphs[{p}]"
             dialogue_id = field(paragraph, "id", str, where)
@@ -122,14 +121,14 @@ def _row_group(row: Any, where: str, origin: str) -> tuple[str, QuestionGroup]:
     """The group of one row, with the row's location and id for later messages."""
     dialogue_id = field(row, "dialogue_id", str, where)
     where = f"{where} (id {dialogue_id!r})"
-    turn_ids = _strings(row, "turn_ids", where)
+    turn_ids = strings(row, "turn_ids", where)
     per_turn = {
-        "questions": _strings(row, "questions", where),
+        "questions": strings(row, "questions", where),
         "followups": field(row, "followups", list, where),
         "yesnos": field(row, "yesnos", list, where),
         "answers.texts": field(field(row, "answers", Mapping, where), "texts", list,
                                f"{where} answers"),
-        "orig_answers.texts": _strings(field(row, "orig_answers", Mapping, where), "texts",
+        "orig_answers.texts": strings(field(row, "orig_answers", Mapping, where), "texts",
                                        f"{where} orig_answers"),
     }
     for key, values in per_turn.items():
@@ -138,10 +137,7 @@ def _row_group(row: Any, where: str, origin: str) -> tuple[str, QuestionGroup]:
                             f"{len(turn_ids)}; every turn needs one")
     turns = []
     for t, turn_id in enumerate(turn_ids):
-        texts = per_turn["answers.texts"][t]
-        if not (isinstance(texts, list) and all(isinstance(text, str) for text in texts)):
-            raise DataError(f"{where}: 'answers.texts[{t}]' should be a list of strings, got "
-                            f"{texts!r:.100}")
+        texts = string_list(per_turn["answers.texts"][t], f"answers.texts[{t}]", where)
         turns.append(_Turn(
             id=turn_id, text=per_turn["questions"][t],
             answers=texts + [per_turn["orig_answers.texts"][t]],
@@ -149,7 +145,7 @@ def _row_group(row: Any, where: str, origin: str) -> tuple[str, QuestionGroup]:
             yesno=_act(per_turn["yesnos"][t], YESNOS, f"yesnos[{t}]", where)))
     return where, _group(dialogue_id, field(row, "wikipedia_page_title", str, where),
                          field(row, "section_title", str, where),
-                         _optional_text(row, "background", where),
+                         optional_field(row, "background", str, where) or "",
                          field(row, "context", str, where), turns, where, origin)
 
 
@@ -188,18 +184,6 @@ def _act(value: Any, names: tuple[str, ...], key: str, where: str) -> str:
         return value
     raise DataError(f"{where}: {key!r} should be one of {', '.join(names)} (or its index), got "
                     f"{value!r}")
-
-
-def _optional_text(record: Mapping[str, Any], key: str, where: str) -> str:
-    # The article background only adds to the header; records without one are still usable.
-    return field(record, key, str, where) if key in record else ""
-
-
-def _strings(record: Any, key: str, where: str) -> list[str]:
-    values = field(record, key, list, where)
-    if not all(isinstance(v, str) for v in values):
-        raise DataError(f"{where}: {key!r} should be a list of strings, got {values!r:.100}")
-    return values
 
 
 def _unique(groups: Iterable[tuple[str, QuestionGroup]], origin: str) -> list[QuestionGroup]:

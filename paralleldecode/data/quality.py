@@ -25,8 +25,8 @@ from typing import Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
 from paralleldecode.data.registry import register_dataset
-from paralleldecode.data.cmb import optional_field, source_records, text_field
-from paralleldecode.data.sources import field, read_source
+from paralleldecode.data.sources import (field, optional_field, read_source, text_field,
+                                         with_id)
 
 DATASET = "quality"
 HUB_ID = "emozilla/quality"
@@ -81,25 +81,19 @@ def load_quality(data_path: str | os.PathLike[str] | Iterable[Mapping[str, Any]]
             question, or the source cannot be read.
     """
     source = read_source(HUB_ID if data_path is None else data_path, DATASET, split)
-    records = source_records(source)
+    records = source.rows(single_record=True, non_empty=True)
     first_location, first = records[0]
+    located = [(with_id(f"{source.origin}: {location}", record, "article_id"), record)
+               for location, record in records]
     # The first record's keys tell the layout; every other record must then follow it.
     if isinstance(first, Mapping) and "questions" in first:
-        items = [item for location, record in records
-                 for item in _original_items(record, _where(source.origin, location, record))]
+        items = [item for where, record in located for item in _original_items(record, where)]
     elif isinstance(first, Mapping) and "question" in first:
-        items = [_row_item(record, _where(source.origin, location, record))
-                 for location, record in records]
+        items = [_row_item(record, where) for where, record in located]
     else:
         raise DataError(f"{source.origin}: {first_location} matches no QuALITY layout; "
                         f"expected {ACCEPTED_LAYOUTS}")
     return _group_by_article(items, source.origin, hard_only)
-
-
-def _where(origin: str, location: str, record: Any) -> str:
-    if isinstance(record, Mapping) and isinstance(record.get("article_id"), str):
-        return f"{origin}: {location} (article_id {record['article_id']!r})"
-    return f"{origin}: {location}"
 
 
 def _row_item(row: Any, where: str) -> _Item:

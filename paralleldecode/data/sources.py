@@ -5,6 +5,10 @@ container varies: a JSON document, a JSON list, JSON lines, a parquet file, an i
 ``datasets.Dataset`` (or any iterable of mappings), or a hub id. :func:`read_source` turns
 all of these into either the parsed JSON document or a list of ``(location, record)`` pairs,
 where the location (``line 7``, ``row 3``, ``item[2]``) lets every error name its record.
+
+The record helpers below (:func:`field` and its kin) check one key of a record and raise a
+`DataError` naming ``where`` (origin, location and, where known, the record's id) and the key,
+so every adapter's messages read the same way.
 """
 
 from __future__ import annotations
@@ -38,13 +42,37 @@ class Source:
     document: Any = None
     records: list[tuple[str, Any]] | None = None
 
-    def rows(self) -> list[tuple[str, Any]]:
-        """Located records; a JSON list document counts as rows, an object does not."""
+    def rows(self, *, single_record: bool = False,
+             non_empty: bool = False) -> list[tuple[str, Any]]:
+        """Located records; a JSON list document counts as rows.
+
+        Args:
+            single_record: also accept a JSON object document, as the one record located
+                ``the single record``: a JSON-lines file holding one record parses as one
+                JSON object, not as lines. Without it, an object document is an error (for
+                adapters whose object documents are a whole-file layout of their own).
+            non_empty: refuse a source without records.
+
+        Returns:
+            ``(location, record)`` pairs in source order.
+
+        Raises:
+            DataError: the document is not a list (nor, with ``single_record``, an object),
+                or ``non_empty`` and there are no records.
+        """
         if self.records is not None:
-            return self.records
-        if isinstance(self.document, list):
-            return [(f"item[{i}]", r) for i, r in enumerate(self.document)]
-        raise DataError(f"{self.origin}: expected rows (a list, JSON lines or parquet), found a JSON object")
+            rows = self.records
+        elif isinstance(self.document, list):
+            rows = [(f"item[{i}]", r) for i, r in enumerate(self.document)]
+        elif single_record and isinstance(self.document, Mapping):
+            rows = [("the single record", self.document)]
+        else:
+            found = type(self.document).__name__
+            raise DataError(f"{self.origin}: expected rows (a list, JSON lines or parquet), "
+                            f"found a JSON {'object' if found == 'dict' else found}")
+        if non_empty and not rows:
+            raise DataError(f"{self.origin} holds no records")
+        return rows
 
 
 def read_source(source: Any, dataset: str, split: str = "validation",
@@ -125,8 +153,21 @@ def _read_hub(hub_id: str, dataset: str, split: str, hub_config: str | None) -> 
 
 
 def field(record: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    """``record[key]``, checked to be a mapping entry of type ``kind``, or a DataError
-    naming ``where`` (origin + location + id) and the key."""
+    """Reads one key of a record, checked.
+
+    Args:
+        record: the parsed record that should be a mapping holding ``key``.
+        key: the key to read.
+        kind: the accepted type(s) of the value.
+        where: origin + location + id of the record (see :func:`with_id`), put at the front
+            of the error message.
+
+    Returns:
+        ``record[key]``.
+
+    Raises:
+        DataError: ``record`` is not a mapping, lacks ``key``, or holds another type there.
+    """
     if not isinstance(record, Mapping):
         raise DataError(f"{where} is not an object")
     if key not in record:
@@ -136,3 +177,73 @@ def field(record: Any, key: str, kind: type | tuple[type, ...], where: str) -> A
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise DataError(f"{where}: {key!r} should be {names}, got {type(value).__name__}")
     return value
+
+
+def optional_field(record: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """Like :func:`field`, but None where ``record`` lacks ``key`` or holds None there.
+
+    Tables (parquet, ``datasets``) fill keys a record lacks with None, so None means absent.
+
+    Raises:
+        DataError: as :func:`field`, for a value that is present and not None.
+    """
+    if isinstance(record, Mapping) and record.get(key) is None:
+        return None
+    return field(record, key, kind, where)
+
+
+def text_field(record: Any, key: str, where: str) -> str:
+    """Like :func:`field` for a string that must not be blank (a question, a background).
+
+    Raises:
+        DataError: as :func:`field`, or the string is empty or only white space.
+    """
+    value = field(record, key, str, where)
+    if not value.strip():
+        raise DataError(f"{where}: {key!r} is empty")
+    return value
+
+
+def strings(record: Any, key: str, where: str) -> list[str]:
+    """Like :func:`field` for a list of strings.
+
+    Raises:
+        DataError: as :func:`field`, or the list holds something other than strings.
+    """
+    return string_list(field(record, key, list, where), key, where)
+
+
+def string_list(values: Any, key: str, where: str) -> list[str]:
+    """Checks that ``values`` (already read, e.g. a list item) is a list of strings.
+
+    Args:
+        values: the value to check.
+        key: how the message names the value (a key, or a path such as ``context[0][1]``).
+        where: origin + location + id of the record.
+
+    Returns:
+        ``values``.
+
+    Raises:
+        DataError: ``values`` is not a list of strings.
+    """
+    if not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
+        raise DataError(f"{where}: {key!r} should be a list of strings, got {values!r:.100}")
+    return values
+
+
+def with_id(where: str, record: Any, id_key: str = "id") -> str:
+    """``where`` plus the record's id when it has one, so messages point at a findable record.
+
+    Args:
+        where: origin and location of the record (``"hotpot file /x/dev.json: line 3"``).
+        record: the record; its id is added only when it is a mapping holding ``id_key``,
+            whatever the id's value (a malformed id is then reported by the key's check).
+        id_key: the key of the record's id.
+
+    Returns:
+        ``"<where> (<id_key> <id value repr>)"``, or ``where`` when there is no id.
+    """
+    if isinstance(record, Mapping) and id_key in record:
+        return f"{where} ({id_key} {record[id_key]!r})"
+    return where

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
+# with_id is also imported from here by the demo and tasks adapters.
+from paralleldecode.data.sources import with_id
 
 DATASET = "squad"
 DEFAULT_HUB_ID = "rajpurkar/squad"
@@ -187,13 +189,6 @@ def _row_items(rows: Iterable[tuple[str, Any]], origin: str) -> Iterable[_Item]:
             raise DataError(f"{where}: 'answers' needs equally long lists of 'text' strings and "
                             f"'answer_start' integers, got {dict(answers)!r}")
         yield where, context, _optional_title(row, where), _question(row, texts, starts, where)
-
-
-def with_id(location: str, record: Any) -> str:
-    """Location plus the record's id when it has one, so messages point at a findable record."""
-    if isinstance(record, Mapping) and "id" in record:
-        return f"{location} (id {record['id']!r})"
-    return location
 
 
 def _optional_title(record: Any, where: str) -> str:

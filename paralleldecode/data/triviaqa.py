@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
 from paralleldecode.data.registry import register_dataset
-from paralleldecode.data.sources import Source, field, read_source
+from paralleldecode.data.sources import (Source, field, optional_field, read_source, strings,
+                                         with_id)
 
 if TYPE_CHECKING:
     # Only for annotations: the registry imports this module, and importing torch there
@@ -109,33 +110,25 @@ def load_questions(source: Any, split: str = "validation",
 def _parse(src: Source) -> Iterator[tuple[str, Question]]:
     """``(where, question)`` for every record, the layout read from the keys."""
     document, origin = src.document, src.origin
-    if isinstance(document, Mapping):
-        if "Data" in document:
-            records = field(document, "Data", list, origin)
-            for i, record in enumerate(records):
-                yield _from_original(record, _where(origin, f"Data[{i}]", record, "QuestionId"))
-            return
-        if "question" in document or "Question" in document:
-            # A JSON-lines file holding a single record parses as one JSON object.
-            yield _from_record(origin, "line 1", document)
-            return
+    if isinstance(document, Mapping) and "Data" in document:
+        records = field(document, "Data", list, origin)
+        for i, record in enumerate(records):
+            yield _from_original(record, with_id(f"{origin}: Data[{i}]", record, "QuestionId"))
+        return
+    # Any other object is one record (a JSON-lines file of one record parses as an object).
+    if isinstance(document, Mapping) and "question" not in document \
+            and "Question" not in document:
         raise DataError(f"{origin} has no accepted layout; expected {ACCEPTED_LAYOUTS}")
-    for location, record in src.rows():
-        yield _from_record(origin, location, record)
+    for location, record in src.rows(single_record=True):
+        yield _from_record(f"{origin}: {location}", record)
 
 
-def _from_record(origin: str, location: str, record: Any) -> tuple[str, Question]:
+def _from_record(where: str, record: Any) -> tuple[str, Question]:
+    """One record located at ``where`` (origin and location), of either layout."""
     # Original-release records may come one per row too; only they use capitalised keys.
     if isinstance(record, Mapping) and "Question" in record and "question" not in record:
-        return _from_original(record, _where(origin, location, record, "QuestionId"))
-    return _from_row(record, _where(origin, location, record, "question_id"))
-
-
-def _where(origin: str, location: str, record: Any, id_key: str) -> str:
-    """Origin, location and, when present, the record's id: enough to find the record."""
-    if isinstance(record, Mapping) and id_key in record:
-        return f"{origin}: {location} ({id_key} {record[id_key]!r})"
-    return f"{origin}: {location}"
+        return _from_original(record, with_id(where, record, "QuestionId"))
+    return _from_row(record, with_id(where, record, "question_id"))
 
 
 def _from_row(row: Any, where: str) -> tuple[str, Question]:
@@ -143,9 +136,9 @@ def _from_row(row: Any, where: str) -> tuple[str, Question]:
     text = field(row, "question", str, where)
     answer = field(row, "answer", Mapping, where)
     answers = _gold(field(answer, "value", str, f"{where} answer"),
-                    _strings(answer, "aliases", f"{where} answer"))
-    return where, _question(qid, text, answers, _optional_str(row, "question_source", where),
-                            where)
+                    strings(answer, "aliases", f"{where} answer"))
+    return where, _question(qid, text, answers,
+                            optional_field(row, "question_source", str, where), where)
 
 
 def _from_original(record: Any, where: str) -> tuple[str, Question]:
@@ -156,20 +149,9 @@ def _from_original(record: Any, where: str) -> tuple[str, Question]:
     if "Answer" in record:
         answer = field(record, "Answer", Mapping, where)
         answers = _gold(field(answer, "Value", str, f"{where} Answer"),
-                        _strings(answer, "Aliases", f"{where} Answer"))
+                        strings(answer, "Aliases", f"{where} Answer"))
     return where, _question(qid, text, answers,
-                            _optional_str(record, "QuestionSource", where), where)
-
-
-def _strings(record: Mapping[str, Any], key: str, where: str) -> list[str]:
-    values = field(record, key, list, where)
-    if not all(isinstance(v, str) for v in values):
-        raise DataError(f"{where}: {key!r} should be a list of strings, got {values!r}")
-    return values
-
-
-def _optional_str(record: Mapping[str, Any], key: str, where: str) -> str | None:
-    return field(record, key, str, where) if key in record else None
+                            optional_field(record, "QuestionSource", str, where), where)
 
 
 def _gold(value: str, aliases: list[str]) -> list[str]:
