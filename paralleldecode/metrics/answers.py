@@ -53,12 +53,15 @@ def choice_letters(answer: str, options: Sequence[str]) -> str:
     compact = re.sub(r"[\s,、，;/和及]+", "", text.upper())
     if compact and all(c in valid for c in compact):
         return "".join(sorted(set(compact)))
+    # An option's own text first: "A sailor" may be an option, not the letter A.
+    norm = normalize_answer(text)
+    hits = [LETTERS[i] for i, opt in enumerate(options) if norm and normalize_answer(opt) == norm]
+    if hits:
+        return hits[0]
     m = re.match(r"^\W*([A-Za-z])(?![A-Za-z])", text)
     if m and m.group(1).upper() in valid:
         return m.group(1).upper()
-    norm = normalize_answer(text)
-    hits = [LETTERS[i] for i, opt in enumerate(options) if norm and normalize_answer(opt) == norm]
-    return hits[0] if hits else ""
+    return ""
 
 
 def choice_accuracy(answer: str, golds: Sequence[str], options: Sequence[str]) -> float:

@@ -122,3 +122,22 @@ def test_help_answers_without_loading_a_model(capsys):
         build_cli(["predict", "--help"])
     assert ex.value.code == 0
     assert "--model" in capsys.readouterr().out
+
+
+def test_multiple_choice_and_long_answers_get_their_metrics(tiny_models, tmp_path):
+    article = "The ferry leaves Tarnby at nine and reaches Estmark at noon, carrying mail and cattle."
+    rows = [{"article": article, "question": q, "options": opts, "answer": a, "hard": False}
+            for q, opts, a in [("When does the ferry leave?", ["At nine", "At noon", "At six", "At ten"], 0),
+                               ("What does it carry?", ["Coal", "Mail and cattle", "Wine", "Salt"], 1)]]
+    path = tmp_path / "quality.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    build_cli(predict_args(tiny_models["llama"], tmp_path, "--data.init_args.dataset", "quality",
+                           "--data.init_args.data_path", str(path),
+                           "--model.init_args.strategies", "[batch, one_sequence]"))
+    out = run_dir(tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    records = [json.loads(line) for line in (out / "predictions.jsonl").open()]
+    assert all(r["answer_type"] == "choice" and r["gold"] in (["A"], ["B"]) for r in records)
+    assert all(r["accuracy"] in (0.0, 1.0) and r["em"] is None for r in records)
+    for fig in summary.values():
+        assert 0 <= fig["accuracy"] <= 100 and fig["em"] is None and fig["questions"] == 2

@@ -17,6 +17,14 @@ def test_choice_letters(answer, letters):
     assert choice_letters(answer, OPTIONS) == letters
 
 
+def test_option_text_wins_over_a_leading_article():
+    options = ["A sailor", "Ida Voss", "The mayor"]
+    assert choice_letters("A sailor", options) == "A"
+    assert choice_letters("Ida Voss", options) == "B"
+    assert choice_letters("The mayor", options) == "C"  # not the letter T, not a miss
+    assert choice_letters("C) The mayor", options) == "C"
+
+
 def test_choice_accuracy_needs_the_exact_letter_set():
     assert score("B", ["B"], "choice", OPTIONS) == {"accuracy": 1.0}
     assert score("A", ["B"], "choice", OPTIONS) == {"accuracy": 0.0}
