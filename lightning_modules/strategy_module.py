@@ -39,9 +39,11 @@ class StrategyFigures(nn.Module):
     """Per-strategy accumulators, synced across ranks: answer quality in percent (each
     metric over the questions it applies to) and summed costs."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_figures: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.quality = nn.ModuleDict({k: MeanScore() for k in _MEAN_SCORES})
+        # Strategy-specific figures (layers, edges, ...), summed over groups.
+        self.extras = nn.ModuleDict({k: SumMetric() for k in extra_figures})
         self.quality["format_rate"] = FormatRate()
         # Corpus BLEU pools n-gram counts over all long answers (torchmetrics' states sum
         # across ranks); a mean of sentence BLEU would be dominated by zeros.
@@ -63,6 +65,8 @@ class StrategyFigures(nn.Module):
             vals = [v for r in run.results if (v := getattr(r, f"judge_{key}")) is not None]
             if vals:
                 self.judged[key].update(torch.tensor(vals, dtype=torch.float64))
+        for key, m in self.extras.items():
+            m.update(torch.tensor(float(run.extras.get(key, 0.0)), dtype=torch.float64))
         failures = sum(1 for r in run.results if r.judge_error)
         self.judge_failures.update(torch.tensor(float(failures), dtype=torch.float64))
         c = run.cost
@@ -79,13 +83,16 @@ class StrategyFigures(nn.Module):
         for key, m in self.judged.items():
             out[f"judge_{key}"] = float(m.compute())
         out["judge_failures"] = int(round(float(self.judge_failures.compute())))
+        for key, m in self.extras.items():
+            v = float(m.compute())
+            out[key] = v if key.endswith("_s") else int(round(v))
         for k, m in self.costs.items():
             v = float(m.compute())
             out[k] = v if k == "wall_seconds" else int(round(v))
         return out
 
     def reset(self) -> None:
-        for m in [*self.quality.values(), *self.costs.values(), *self.judged.values(),
+        for m in [*self.quality.values(), *self.costs.values(), *self.judged.values(), *self.extras.values(),
                   self.bleu, self.long_answers, self.judge_failures]:
             m.reset()
 
@@ -114,6 +121,9 @@ class StrategyModule(L.LightningModule):
             needing a local model, hidden states or a checkpoint are refused.
         judge: an ``LLMJudge`` that scores long answers (1-5 on fluency, relevance,
             completeness, domain proficiency); its averages join the summary.
+        strategy_options: per strategy name, its options, e.g.
+            ``{collab_llm: {max_dependencies: 2, cost_weight: 0.001, html_dir: runs/html}}``;
+            unknown names or options are refused with the accepted ones.
     """
 
     def __init__(
@@ -132,6 +142,7 @@ class StrategyModule(L.LightningModule):
         output_dir: str | None = None,
         backend: OpenAIClient | VLLMClient | None = None,
         judge: LLMJudge | None = None,
+        strategy_options: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         # Clients are objects, not hyperparameters; LightningCLI's config.yaml records them.
@@ -141,7 +152,11 @@ class StrategyModule(L.LightningModule):
         if len(set(strategies)) != len(strategies):
             raise ValueError(f"model.strategies lists a strategy twice: {strategies}")
         # Fails here, before any weights load, on an unknown name.
-        self.strategies = [get_strategy(name) for name in strategies]
+        options = strategy_options or {}
+        stray = sorted(set(options) - set(strategies))
+        if stray:
+            raise ValueError(f"model.strategy_options names {stray}, which are not in model.strategies {strategies}")
+        self.strategies = [get_strategy(name, options.get(name)) for name in strategies]
         self.backend = backend
         self.judge = judge
         if backend is not None:
@@ -156,7 +171,7 @@ class StrategyModule(L.LightningModule):
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
             stop_strings=tuple(stop_strings or ()),
         )
-        self.figures = nn.ModuleDict({name: StrategyFigures() for name in strategies})
+        self.figures = nn.ModuleDict({s.name: StrategyFigures(s.extra_figures) for s in self.strategies})
         self.model = None
         self.tokenizer = None
 

@@ -59,6 +59,16 @@ class ReplyFormat:
 
 ONE_ANSWER = ReplyFormat('{"answer": "', '"}')
 MANY_ANSWERS = ReplyFormat('{"answers": {"1": "', '"}}')
+EDGES = ReplyFormat('{"edges": [', "]}")
+
+SYSTEM_EDGES = (
+    "You analyse a list of numbered questions about one text. A question depends on an "
+    "earlier one when answering it needs that earlier answer (for example it refers to "
+    "\"she\" or \"that year\" introduced by the earlier question). List only real "
+    "dependencies. Reply with JSON only: "
+    '{"edges": [{"from": 1, "to": 2, "confidence": 0.9, "reason": "..."}]} where "to" '
+    'depends on "from"; use {"edges": []} when there are none.'
+)
 
 
 @dataclass
@@ -121,6 +131,28 @@ def conversation(
     lead = context_block(group) if not asked else ""
     msgs.append({"role": "user", "content": lead + question_block(q)})
     return msgs
+
+
+def with_parents(group: QuestionGroup, q: Question, parents: list[tuple[Question, str]],
+                 system: str | None = None) -> list[Message]:
+    """One question with the answers to the questions it depends on placed before it."""
+    msgs = one_question(group, q, system)
+    if parents:
+        known = "\n".join(f"- {p.text} Answer: {a}" for p, a in parents)
+        body = msgs[-1]["content"]
+        head = f"Answers to earlier questions:\n{known}\n\n"
+        cut = body.rfind(question_block(q))
+        msgs[-1] = {"role": "user", "content": body[:cut] + head + body[cut:]}
+    return msgs
+
+
+def dependency_request(group: QuestionGroup) -> list[Message]:
+    """Asks which of the group's questions depend on which (numbered from 1)."""
+    listing = "\n".join(f"{i + 1}. {q.text}" for i, q in enumerate(group.questions))
+    return [
+        {"role": "system", "content": SYSTEM_EDGES},
+        {"role": "user", "content": context_block(group) + "Questions:\n" + listing},
+    ]
 
 
 def all_questions(group: QuestionGroup, system: str = SYSTEM_MANY) -> list[Message]:

@@ -46,7 +46,8 @@ _SECONDS = _formatter(".2f")
 # columns only appear when some strategy has a value for them (a multiple-choice set has
 # no EM, a short-answer set no ROUGE); EM and F1 always show, as the common case.
 _OPTIONAL = {"lenient", "accuracy", "bleu4", "rouge1", "rouge2", "rougeL",
-             "judge_fluency", "judge_relevance", "judge_completeness", "judge_proficiency"}
+             "judge_fluency", "judge_relevance", "judge_completeness", "judge_proficiency",
+             "layers", "edges_kept", "dependency_tokens", "dependency_fallbacks", "ideal_latency_s"}
 _COLUMNS: tuple[tuple[str, str, Callable[[object], str]], ...] = (
     ("EM", "em", _PERCENT),
     ("F1", "f1", _PERCENT),
@@ -66,6 +67,11 @@ _COLUMNS: tuple[tuple[str, str, Callable[[object], str]], ...] = (
     ("gen tok", "generated_tokens", _COUNT),
     ("fwd passes", "forward_passes", _COUNT),
     ("wall s", "wall_seconds", _SECONDS),
+    ("ideal s", "ideal_latency_s", _SECONDS),
+    ("layers", "layers", _COUNT),
+    ("edges", "edges_kept", _COUNT),
+    ("dep tok", "dependency_tokens", _COUNT),
+    ("fallbacks", "dependency_fallbacks", _COUNT),
 )
 
 _SEPARATOR = " | "

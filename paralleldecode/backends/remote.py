@@ -75,6 +75,7 @@ class RemoteContext:
                 token_ids=[], text=r.text if not r.error else "",
                 finish_reason="error" if r.error else (r.finish_reason or "stop"),
                 prompt_tokens=r.prompt_tokens, generated_tokens=r.completion_tokens, error=r.error,
+                finish_seconds=r.latency_s,
             )
             for r in results
         ]

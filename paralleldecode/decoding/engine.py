@@ -70,6 +70,8 @@ class StreamResult:
         generated_tokens: tokens generated; ``len(token_ids)`` unless given (a remote
             back-end reports a count, not ids).
         error: why the stream failed (remote back-ends), None when it did not.
+        finish_seconds: time from the call's start until this stream stopped (its own
+            latency within the batch; a remote request's own latency).
     """
 
     token_ids: list[int]
@@ -78,6 +80,7 @@ class StreamResult:
     prompt_tokens: int
     generated_tokens: int = -1
     error: str | None = None
+    finish_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.generated_tokens < 0:
@@ -123,6 +126,7 @@ class _State:
     done: list[bool]
     reasons: list[str]
     texts: list[str | None] = field(default_factory=list)
+    finished: list[float] = field(default_factory=list)
 
 
 class DecodingEngine:
@@ -204,6 +208,7 @@ class DecodingEngine:
             done=[False] * n,
             reasons=["length"] * n,
             texts=[None] * n,
+            finished=[0.0] * n,
         )
         cache = DynamicCache(config=self.model.config)
         start = time.perf_counter()
@@ -225,6 +230,8 @@ class DecodingEngine:
             next_ids = self._pick(stream_logits, config, gen)
             for j, i in enumerate(live):
                 self._append(st, i, int(next_ids[j]), eos, config)
+                if st.done[i]:
+                    st.finished[i] = time.perf_counter() - start
             live = [i for i in range(n) if not st.done[i]]
             if not live:
                 break
@@ -247,6 +254,7 @@ class DecodingEngine:
                 text=st.texts[i] if st.texts[i] is not None else self._decode(st.tokens[i]),
                 finish_reason=st.reasons[i],
                 prompt_tokens=int(layout.prompt_tokens[i]),
+                finish_seconds=st.finished[i],
             )
             for i in range(n)
         ]

@@ -1,6 +1,6 @@
 """Registry of comparison strategies; importing this package registers the built-in ones."""
 
-from paralleldecode.strategies import baselines  # noqa: F401  (registers the baselines)
+from paralleldecode.strategies import baselines, collab  # noqa: F401  (registers them)
 from paralleldecode.strategies.base import (
     ContextTooLongError,
     Cost,

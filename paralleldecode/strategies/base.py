@@ -9,6 +9,7 @@ here so strategies stay a few lines each.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -217,6 +218,8 @@ class Strategy:
         return [words for attr, words in needs if getattr(self, attr)]
 
     name: ClassVar[str]
+    # Strategy-specific figures its GroupRun.extras carry, summed over groups in summaries.
+    extra_figures: ClassVar[tuple[str, ...]] = ()
     needs_local_model: ClassVar[bool] = False
     needs_hidden_states: ClassVar[bool] = False
     needs_checkpoint: ClassVar[bool] = False
@@ -254,13 +257,26 @@ def strategy_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_strategy(name: str) -> Strategy:
-    """A new instance of the strategy registered as ``name``."""
+def strategy_options(name: str) -> list[str]:
+    """The options (constructor parameters) of the strategy registered as ``name``."""
+    params = inspect.signature(_REGISTRY[name].__init__).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in params if p.name != "self" and p.kind in kinds]
+
+
+def get_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
+    """A new instance of the strategy registered as ``name``, built with ``options``."""
     if name not in _REGISTRY:
         raise UnknownStrategyError(
             f"unknown strategy {name!r}; registered strategies: {', '.join(strategy_names())}"
         )
-    return _REGISTRY[name]()
+    unknown = sorted(set(options or {}) - set(strategy_options(name)))
+    if unknown:
+        raise ValueError(
+            f"strategy {name!r} has no option {', '.join(map(repr, unknown))}; accepted: "
+            f"{', '.join(strategy_options(name)) or 'none'}"
+        )
+    return _REGISTRY[name](**(options or {}))
 
 
 class Timer:

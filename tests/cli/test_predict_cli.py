@@ -141,3 +141,34 @@ def test_multiple_choice_and_long_answers_get_their_metrics(tiny_models, tmp_pat
     assert all(r["accuracy"] in (0.0, 1.0) and r["em"] is None for r in records)
     for fig in summary.values():
         assert 0 <= fig["accuracy"] <= 100 and fig["em"] is None and fig["questions"] == 2
+
+
+def test_dependency_strategies_report_layers_and_write_html(tiny_models, tmp_path):
+    from html.parser import HTMLParser
+
+    html = tmp_path / "html"
+    opts = json.dumps({"collab_llm_ideal": {"html_dir": str(html), "min_confidence": 0.0},
+                       "collab_bert": {"html_dir": str(html)}})
+    build_cli(predict_args(tiny_models["llama"], tmp_path,
+                           "--model.init_args.strategies", "[batch, collab_llm_ideal, collab_bert]",
+                           "--model.init_args.strategy_options", opts))
+    summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())
+    for name in ("collab_llm_ideal", "collab_bert"):
+        fig = summary[name]
+        assert fig["layers"] >= 2 and fig["edges_kept"] >= 0 and fig["dependency_tokens"] > 0
+        assert fig["questions"] == summary["batch"]["questions"]
+    # A random tiny model cannot write JSON edges: every group fell back to the heuristic.
+    assert summary["collab_llm_ideal"]["dependency_fallbacks"] == 2
+    assert 0 < summary["collab_llm_ideal"]["ideal_latency_s"] <= summary["collab_llm_ideal"]["wall_seconds"]
+    pages = sorted((html / "collab_bert").glob("*.html"))
+    assert len(pages) == 2
+    text = pages[0].read_text()
+    HTMLParser().feed(text)
+    assert "<svg" in text and "https://" not in text
+
+
+def test_unknown_strategy_option_is_refused(tiny_models, tmp_path):
+    opts = json.dumps({"collab_llm": {"max_dependency": 2}})
+    with pytest.raises(ValueError, match="no option 'max_dependency'.*max_dependencies"):
+        instantiate(predict_args(tiny_models["llama"], tmp_path, "--model.init_args.strategies",
+                                 "[collab_llm]", "--model.init_args.strategy_options", opts))
