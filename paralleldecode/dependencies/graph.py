@@ -45,7 +45,9 @@ class Edge:
         conf = self.confidence
         if isinstance(conf, bool) or not isinstance(conf, (int, float)) or math.isnan(conf) \
                 or not 0.0 <= conf <= 1.0:
-            raise ValueError(f"edge {self.source}->{self.target}: confidence must be in [0, 1], got {conf!r}")
+            raise ValueError(
+                f"edge {self.source}->{self.target}: confidence must be in [0, 1], got {conf!r}"
+            )
 
 
 @dataclass

@@ -82,6 +82,24 @@ def _fmt(value: Any) -> str:
     return f"{value:,.4f}" if abs(value) < 1e4 else f"{value:,.1f}"
 
 
+def _edge_path(x1: float, y1: float, x2: float, y2: float, lane: float | None) -> str:
+    """SVG path data of an arrow from (x1, y1) down to (x2, y2).
+
+    Between adjacent layers: one S-curve with vertical ends. When a layer is skipped, the
+    arrow leaves the source into the gap below it, runs down the vertical ``lane`` (right
+    of the nodes in between) and turns into the target in the gap above it, so it never
+    crosses a node.
+    """
+    if lane is None:
+        mid = (y1 + y2) / 2
+        return f"M{x1:.1f},{y1:.1f} C{x1:.1f},{mid:.1f} {x2:.1f},{mid:.1f} {x2:.1f},{y2:.1f}"
+    top, bottom = y1 + _GAP_Y / 2, y2 - _GAP_Y / 2
+    return (
+        f"M{x1:.1f},{y1:.1f} C{x1:.1f},{top:.1f} {lane:.1f},{y1:.1f} {lane:.1f},{top:.1f} "
+        f"L{lane:.1f},{bottom:.1f} C{lane:.1f},{y2:.1f} {x2:.1f},{bottom:.1f} {x2:.1f},{y2:.1f}"
+    )
+
+
 def _svg(
     group: QuestionGroup,
     edges: Sequence[Edge],
@@ -91,52 +109,51 @@ def _svg(
     """The DAG as an inline SVG: one row per layer, arrows parent -> child."""
     widest = max((len(layer) for layer in plan), default=1)
     width = 2 * _MARGIN + widest * _NODE_W + (widest - 1) * _GAP_X
-    layer_of = {q: k for k, layer in enumerate(plan) for q in layer}
-    # Edges that skip a layer bow to the right so they do not run through the nodes in
-    # between; the canvas grows to the right to hold them.
-    bow = 0.75 * _NODE_W
-    skips = any(layer_of[e.target] - layer_of[e.source] > 1 for e in edges)
     height = 2 * _MARGIN + len(plan) * _NODE_H + max(len(plan) - 1, 0) * _GAP_Y
+    layer_of = {q: k for k, layer in enumerate(plan) for q in layer}
     pos: dict[int, tuple[float, float]] = {}  # top-left corner of each node
+    right_of: list[float] = []  # right edge of each layer's last node
     for row, layer in enumerate(plan):
         row_w = len(layer) * _NODE_W + (len(layer) - 1) * _GAP_X
         x0 = (width - row_w) / 2  # centre each layer
         for k, q in enumerate(layer):
             pos[q] = (x0 + k * (_NODE_W + _GAP_X), _MARGIN + row * (_NODE_H + _GAP_Y))
-    canvas_w = width + (bow if skips else 0.0)
+        right_of.append(x0 + row_w)
 
-    out = [
-        f'<svg width="{canvas_w:.0f}" height="{height}" viewBox="0 0 {canvas_w:.0f} {height}" '
-        f'role="img" '
-        f'aria-label="{_esc("dependency graph of group " + group.id)}">',
-        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
-        'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
-        'fill="#888"/></marker></defs>',
-    ]
+    parts, canvas_w, n_lanes = [], float(width), 0
     for e in edges:
         (sx, sy), (tx, ty) = pos[e.source], pos[e.target]
-        x1, y1 = sx + _NODE_W / 2, sy + _NODE_H
-        x2, y2 = tx + _NODE_W / 2, ty
-        bend = (y2 - y1) / 2  # vertical tangents at both ends read as "flows downwards"
-        off = bow if layer_of[e.target] - layer_of[e.source] > 1 else 0.0
-        # A cubic whose two control points are shifted by `off` peaks at 0.75 * off.
-        label_x = (x1 + x2) / 2 + 0.75 * off + 4
-        out.append(
-            f'<g class="edge"><title>{_esc(f"Q{e.source} -> Q{e.target}: {e.reason}")}</title>'
-            f'<path d="M{x1:.1f},{y1:.1f} C{x1 + off:.1f},{y1 + bend:.1f} '
-            f'{x2 + off:.1f},{y2 - bend:.1f} {x2:.1f},{y2:.1f}" marker-end="url(#arrow)"/>'
+        x1, y1, x2, y2 = sx + _NODE_W / 2, sy + _NODE_H, tx + _NODE_W / 2, ty
+        lane = None
+        between = range(layer_of[e.source] + 1, layer_of[e.target])
+        if between:
+            # Lanes are spaced apart so that several long arrows stay distinguishable.
+            lane = max(right_of[k] for k in between) + _GAP_X / 2 + 10 * n_lanes
+            n_lanes += 1
+            canvas_w = max(canvas_w, lane + 40)  # room for the label right of the lane
+        label_x = (x1 + x2) / 2 + 4 if lane is None else lane + 4
+        title = f"Q{e.source} -> Q{e.target}" + (f": {e.reason}" if e.reason else "")
+        parts.append(
+            f'<g class="edge"><title>{_esc(title)}</title>'
+            f'<path d="{_edge_path(x1, y1, x2, y2, lane)}" marker-end="url(#arrow)"/>'
             f'<text x="{label_x:.1f}" y="{(y1 + y2) / 2:.1f}">{e.confidence:.2f}</text></g>'
         )
     for i, q in enumerate(group.questions):
         x, y = pos[i]
-        out.append(
+        parts.append(
             f'<g class="node {status_of[i]}"><title>{_esc(f"Q{i}: {q.text}")}</title>'
             f'<rect x="{x:.1f}" y="{y:.1f}" width="{_NODE_W}" height="{_NODE_H}" rx="6"/>'
             f'<text class="qid" x="{x + 8:.1f}" y="{y + 18:.1f}">{_esc(f"Q{i}")}</text>'
             f'<text x="{x + 8:.1f}" y="{y + 38:.1f}">{_esc(_short(q.text, _LABEL_CHARS))}</text></g>'
         )
-    out.append("</svg>")
-    return "\n".join(out)
+    head = [
+        f'<svg width="{canvas_w:.0f}" height="{height}" viewBox="0 0 {canvas_w:.0f} {height}" '
+        f'role="img" aria-label="{_esc("dependency graph of group " + group.id)}">',
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+        'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
+        'fill="#888"/></marker></defs>',
+    ]
+    return "\n".join(head + parts + ["</svg>"])
 
 
 def render_group_html(
@@ -182,7 +199,7 @@ def render_group_html(
         a = by_id.get(q.id)
         gold = "" if a is None else " | ".join(str(g) for g in a.get("gold") or [])
         em, f1 = (None, None) if a is None else (a.get("em"), a.get("f1"))
-        layer = a.get("layer", layer_of[i]) if a is not None else layer_of[i]
+        layer = layer_of[i] if a is None or a.get("layer") is None else a["layer"]
         rows.append(
             f'<tr class="{status_of[i]}"><td>{_esc(f"Q{i}")}</td><td>{_esc(q.text)}</td>'
             f'<td class="num">{_esc(layer)}</td>'

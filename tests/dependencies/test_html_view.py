@@ -97,3 +97,9 @@ def test_cyclic_edges_are_rejected(group):
 def test_write_creates_the_file(group, tmp_path):
     path = write_group_html(tmp_path / "deep" / "g.html", group, EDGES, ANSWERS, COSTS)
     assert path.read_text(encoding="utf-8") == render_group_html(group, EDGES, ANSWERS, COSTS)
+
+
+def test_multiple_choice_correctness_falls_back_to_accuracy(group):
+    answers = [{"question_id": "q0", "answer": "B", "gold": ["B"], "em": None, "accuracy": 1.0}]
+    page = render_group_html(group, [], answers, {})
+    assert '<tr class="correct">' in page
