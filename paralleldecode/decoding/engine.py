@@ -136,11 +136,20 @@ class DecodingEngine:
         model: a Hugging Face causal LM taking ``attention_mask`` as a 4D tensor and
             explicit ``position_ids`` (Llama, Qwen2, Qwen3, Mistral, ...).
         tokenizer: its tokenizer (decoding, pad and EOS ids).
+        mixer: the cross-batch hook: when set, every step takes the hidden state of each
+            live stream's latest token ``(S, D)`` from layer ``mix_layer``, passes it with
+            the streams' group ids ``(S,)`` through ``mixer(states, groups)`` and projects
+            the result with the LM head, instead of the model's own logits. Streams that
+            have finished no longer take part.
+        mix_layer: which layer's output to mix (-1 = the last, after the final norm; an
+            earlier layer's output gets the final norm before the LM head).
     """
 
-    def __init__(self, model, tokenizer) -> None:
+    def __init__(self, model, tokenizer, mixer=None, mix_layer: int = -1) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.mixer = mixer
+        self.mix_layer = mix_layer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     @property
@@ -220,7 +229,8 @@ class DecodingEngine:
             prefill_mask(owner), cache, logits_to_keep=needed,
         )  # (B, len(needed), V)
         col = torch.searchsorted(needed, layout.last_slot.to(dev))
-        stream_logits = logits[st.stream_row, col]  # (S, V)
+        groups = layout.stream_group.to(dev)
+        stream_logits = self._logits(logits[st.stream_row, col], groups)  # (S, V)
         passes, fed = 1, 0
         peak = _cache_bytes(cache)
         prefill_wall = time.perf_counter() - start
@@ -240,7 +250,8 @@ class DecodingEngine:
             mask = step_mask(st.cache_owner, step_owner)
             logits = self._forward(step_ids, step_pos, mask, cache, logits_to_keep=0)
             st.cache_owner = torch.cat([st.cache_owner, step_owner], dim=1)
-            stream_logits = logits[where[0], where[1]]
+            live_t = torch.tensor(live, device=dev)
+            stream_logits = self._logits(logits[where[0], where[1]], groups[live_t])
             for i in live:
                 st.position[i] += 1
             passes += 1
@@ -264,17 +275,25 @@ class DecodingEngine:
     # -- pieces of the loop -------------------------------------------------------------
 
     def _forward(self, ids, positions, mask, cache, logits_to_keep):
-        """One model call; returns logits ``(B, Q', V)`` for the kept query positions."""
+        """One model call; returns ``(B, Q', V)`` logits for the kept query positions, or
+        with a mixer ``(B, Q', D)`` hidden states for :meth:`_logits` to mix."""
         dtype = next(self.model.parameters()).dtype
-        out = self.model(
-            input_ids=ids,
-            position_ids=positions,
-            attention_mask=additive(mask, dtype),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=logits_to_keep,
-        )
-        return out.logits.float()
+        kwargs = dict(input_ids=ids, position_ids=positions, attention_mask=additive(mask, dtype),
+                      past_key_values=cache, use_cache=True)
+        if self.mixer is None:
+            return self.model(**kwargs, logits_to_keep=logits_to_keep).logits.float()
+        decoder = self.model.get_decoder()
+        out = decoder(**kwargs, output_hidden_states=self.mix_layer != -1)
+        hidden = out.last_hidden_state if self.mix_layer == -1 else decoder.norm(out.hidden_states[self.mix_layer])
+        if isinstance(logits_to_keep, torch.Tensor):
+            return hidden[:, logits_to_keep]
+        return hidden if logits_to_keep == 0 else hidden[:, -logits_to_keep:]
+
+    def _logits(self, picked: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """Per-stream rows of :meth:`_forward`'s output -> ``(S, V)`` logits."""
+        if self.mixer is None:
+            return picked
+        return self.model.get_output_embeddings()(self.mixer(picked, groups)).float()
 
     @staticmethod
     def _pick(logits: torch.Tensor, config: GenerationConfig, gen) -> torch.Tensor:

@@ -40,6 +40,9 @@ class Layout:
             logits there give the stream's first generated token.
         next_position: ``(S,)`` position of each stream's first generated token.
         prompt_tokens: ``(S,)`` tokens of each stream's own prompt (shared ones included).
+        stream_group: ``(S,)`` which streams belong together for cross-batch mixing (the
+            engine's ``mixer`` mixes only within a group); by default all streams are one
+            group.
     """
 
     input_ids: torch.Tensor
@@ -49,6 +52,11 @@ class Layout:
     last_slot: torch.Tensor
     next_position: torch.Tensor
     prompt_tokens: torch.Tensor
+    stream_group: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.stream_group is None:
+            self.stream_group = torch.zeros(self.stream_row.numel(), dtype=torch.long)
 
     @property
     def num_streams(self) -> int:
