@@ -76,7 +76,7 @@ class Source:
 
 
 def read_source(source: Any, dataset: str, split: str = "validation",
-                hub_config: str | None = None) -> Source:
+                hub_config: str | None = None, accepted: str | None = None) -> Source:
     """Read ``source`` for adapter ``dataset``.
 
     Args:
@@ -84,6 +84,12 @@ def read_source(source: Any, dataset: str, split: str = "validation",
         dataset: the data set's name, used in error messages.
         split: the split to load from the hub (files have one split).
         hub_config: the hub data set's configuration name (e.g. ``"distractor"``).
+        accepted: the adapter's accepted layouts in words, added to the error for a file
+            that is neither JSON nor JSON lines.
+
+    Returns:
+        The parsed source; a blank file gives no records (each adapter says what it
+        expected to find).
 
     Raises:
         DataError: a missing file, a line that is not JSON, or an unreachable hub.
@@ -93,7 +99,7 @@ def read_source(source: Any, dataset: str, split: str = "validation",
         return Source(origin, records=[(f"row {i}", r) for i, r in enumerate(_iterate(source, origin))])
     path = Path(source).expanduser()
     if path.exists():
-        return _read_file(path, dataset)
+        return _read_file(path, dataset, accepted)
     if isinstance(source, str) and _HUB_ID.match(source) and path.suffix.lower() not in _FILE_SUFFIXES:
         return _read_hub(source, dataset, split, hub_config)
     raise DataError(f"{dataset} file {path} does not exist")
@@ -106,7 +112,7 @@ def _iterate(rows: Iterable[Any], origin: str) -> Iterable[Any]:
         raise DataError(f"{origin}: not a file path, hub id or iterable of rows") from err
 
 
-def _read_file(path: Path, dataset: str) -> Source:
+def _read_file(path: Path, dataset: str, accepted: str | None) -> Source:
     origin = f"{dataset} file {path}"
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
@@ -121,7 +127,7 @@ def _read_file(path: Path, dataset: str) -> Source:
     except UnicodeDecodeError as err:
         raise DataError(f"{origin}: not UTF-8 text (JSON, JSON lines) or parquet") from err
     if not text.strip():
-        raise DataError(f"{origin} is empty")
+        return Source(origin, records=[])
     try:
         return Source(origin, document=json.loads(text))
     except json.JSONDecodeError:
@@ -133,7 +139,8 @@ def _read_file(path: Path, dataset: str) -> Source:
         try:
             records.append((f"line {number}", json.loads(line)))
         except json.JSONDecodeError as err:
-            raise DataError(f"{origin}: line {number} is not valid JSON ({err.msg})") from err
+            expected = f"; expected {accepted}" if accepted else ""
+            raise DataError(f"{origin}: line {number} is not valid JSON ({err.msg}){expected}") from err
     return Source(origin, records=records)
 
 
@@ -145,8 +152,10 @@ def _read_hub(hub_id: str, dataset: str, split: str, hub_config: str | None) -> 
         ds = datasets.load_dataset(hub_id, hub_config, split=split)
     except Exception as err:  # noqa: BLE001 - offline, unknown id or split
         raise DataError(
-            f"{dataset}: could not load {name} split {split!r} from the hub ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); give a local file path as data_path"
+            f"{dataset}: no local file {hub_id!r} exists, and loading {name} split {split!r} from "
+            f"the hub failed: the hub could not be reached or has no such data set "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); give a "
+            f"local file path as data_path"
         ) from err
     origin = f"{dataset} hub {name}[{split}]"
     return Source(origin, records=[(f"row {i}", r) for i, r in enumerate(ds)])

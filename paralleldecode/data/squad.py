@@ -1,36 +1,28 @@
 """SQuAD adapter: one `QuestionGroup` per distinct context paragraph.
 
-Accepted sources: the original SQuAD JSON file, a JSON file holding a list of Hugging Face
-rows, a JSON-lines file of such rows, an in-memory `datasets.Dataset` (or any iterable of row
-mappings), or a Hugging Face hub id. File layouts are told apart by content, because SQuAD
+Accepted sources: the original SQuAD JSON file, Hugging Face rows (a JSON list, JSON lines,
+parquet, an in-memory `datasets.Dataset` or any iterable of row mappings), or a Hugging Face
+hub id; all containers are read by :func:`paralleldecode.data.sources.read_source`. File layouts are told apart by content, because SQuAD
 copies in the wild carry any extension.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
 # with_id is also imported from here by the demo and tasks adapters.
-from paralleldecode.data.sources import with_id
+from paralleldecode.data.sources import read_source, with_id
 
 DATASET = "squad"
 DEFAULT_HUB_ID = "rajpurkar/squad"
 ACCEPTED_LAYOUTS = (
     "the original SQuAD JSON ({'version', 'data': [{'title', 'paragraphs': [...]}]}), "
-    "a JSON list of Hugging Face rows, or JSON lines of such rows "
+    "a JSON list of Hugging Face rows, or JSON lines or parquet of such rows "
     "(row keys: id, title, context, question, answers: {text, answer_start})"
 )
-
-# A hub id is "name" or "owner/name"; anything else that does not exist is a missing file,
-# as is a name with a data-file extension (a mistyped "dev.json" must not go to the hub).
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_FILE_SUFFIXES = {".json", ".jsonl", ".ndjson", ".txt"}
 
 # One parsed question with where it came from: (location for messages, context, title, question).
 _Item = tuple[str, str, str, Question]
@@ -67,8 +59,9 @@ def load_squad(source: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
     """Loads SQuAD (v1.1 layout; v2 files load too, unanswerable questions get no answers).
 
     Args:
-        source: a local file (original JSON, JSON list of rows, or JSON lines), a hub id such
-            as ``"rajpurkar/squad"``, or a `datasets.Dataset` / iterable of row mappings.
+        source: a local file (original JSON, or rows as a JSON list, JSON lines or
+            parquet), a hub id such as ``"rajpurkar/squad"``, or a `datasets.Dataset` /
+            iterable of row mappings.
         split: the hub split to load; ignored for files and in-memory rows.
 
     Returns:
@@ -79,54 +72,15 @@ def load_squad(source: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
         DataError: the file is missing or of no accepted layout, a record is malformed (the
             message names the file, the record and the key), or the hub cannot be reached.
     """
-    if not isinstance(source, (str, os.PathLike)):
-        origin = f"squad {type(source).__name__}"
-        items = _row_items(_numbered(source), origin)
-        return _group_by_context(items, origin, type(source).__name__)
-    path = Path(source).expanduser()
-    if path.exists():
-        return _load_file(path)
-    looks_like_hub_id = isinstance(source, str) and _HUB_ID.match(source) is not None
-    if looks_like_hub_id and path.suffix.lower() not in _FILE_SUFFIXES:
-        return _load_hub(source, split)
-    raise DataError(f"squad file {path} does not exist")
-
-
-def _numbered(rows: Iterable[Mapping[str, Any]]) -> Iterable[tuple[str, Any]]:
-    return ((f"row {i}", row) for i, row in enumerate(rows))
-
-
-def _load_hub(hub_id: str, split: str) -> list[QuestionGroup]:
-    import datasets  # deferred: importing datasets costs about a second
-
-    try:
-        rows = datasets.load_dataset(hub_id, split=split)
-    except Exception as err:  # datasets raises many unrelated types for "not reachable"
-        raise DataError(
-            f"no local file {hub_id!r} exists, and loading it (split {split!r}) from the Hugging "
-            f"Face hub failed: the hub could not be reached or has no such data set "
-            f"({type(err).__name__}: {err}); give a local file path instead ({ACCEPTED_LAYOUTS})"
-        ) from err
-    origin = f"squad hub data set {hub_id!r} split {split!r}"
-    groups = _group_by_context(_row_items(_numbered(rows), origin), origin, hub_id)
-    for group in groups:
-        group.metadata["split"] = split
+    src = read_source(source, DATASET, split, accepted=ACCEPTED_LAYOUTS)
+    items = _row_items(src.records, src.origin) if src.document is None else \
+        _document_items(src.document, src.origin)
+    label = str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
+    groups = _group_by_context(items, src.origin, label)
+    if " hub " in src.origin:
+        for group in groups:
+            group.metadata["split"] = split
     return groups
-
-
-def _load_file(path: Path) -> list[QuestionGroup]:
-    origin = f"squad file {path}"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{origin} cannot be read: {err}") from err
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError:
-        items = _row_items(_parse_json_lines(text, origin), origin)
-    else:
-        items = _document_items(doc, origin)
-    return _group_by_context(items, origin, str(path))
 
 
 def _document_items(doc: Any, origin: str) -> Iterable[_Item]:
@@ -136,23 +90,8 @@ def _document_items(doc: Any, origin: str) -> Iterable[_Item]:
         # A JSON-lines file holding a single row parses as one JSON object.
         return _row_items([("line 1", doc)], origin)
     if isinstance(doc, list):
-        return _row_items(_numbered(doc), origin)
+        return _row_items([(f"row {i}", row) for i, row in enumerate(doc)], origin)
     raise DataError(f"{origin} has no accepted layout; expected {ACCEPTED_LAYOUTS}")
-
-
-def _parse_json_lines(text: str, origin: str) -> list[tuple[str, Any]]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((f"line {number}", json.loads(line)))
-        except json.JSONDecodeError as err:
-            raise DataError(
-                f"{origin} is neither one JSON document nor JSON lines (line {number}: {err}); "
-                f"expected {ACCEPTED_LAYOUTS}"
-            ) from None
-    return rows
 
 
 def _original_items(doc: Mapping[str, Any], origin: str) -> Iterable[_Item]:

@@ -75,7 +75,9 @@ def test_all_layouts_give_identical_groups(tmp_path):
     # Extensions deliberately mislead: the layout must be read from the content.
     as_list = _write(tmp_path / "rows.jsonl", json.dumps(rows))
     as_lines = _write(tmp_path / "rows.json", "\n".join(json.dumps(r) for r in rows) + "\n")
-    for source in (as_list, as_lines, datasets.Dataset.from_list(rows), rows):
+    as_parquet = str(tmp_path / "rows.parquet")
+    datasets.Dataset.from_list(rows).to_parquet(as_parquet)
+    for source in (as_list, as_lines, as_parquet, datasets.Dataset.from_list(rows), rows):
         assert _essence(load_squad(source)) == expected
 
 
@@ -171,7 +173,7 @@ def test_hub_rows_are_loaded_with_the_split(monkeypatch):
     datasets = pytest.importorskip("datasets")
     calls = []
 
-    def fake_load(hub_id, split):
+    def fake_load(hub_id, config=None, split=None):  # load_dataset's (path, name, split)
         calls.append((hub_id, split))
         return datasets.Dataset.from_list(_rows())
 
