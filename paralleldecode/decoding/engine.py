@@ -18,6 +18,7 @@ import torch
 
 from paralleldecode.decoding.layout import (
     PAD,
+    SHARED,
     Layout,
     additive,
     prefill_mask,
@@ -198,11 +199,15 @@ class DecodingEngine:
         """Prefill ``layout`` then decode one token per live stream per step.
 
         Raises:
-            ValueError: a stream's prompt plus ``max_new_tokens`` exceeds the model's window.
+            ValueError: a stream's prompt plus ``max_new_tokens`` exceeds the model's window,
+                or the layout shares slots between streams and the model cannot serve that
+                (see :meth:`require_branch_support`).
         """
         from transformers import DynamicCache
 
         self._check_window(layout, config)
+        if bool((layout.owner == SHARED).any()):
+            self.require_branch_support()
         dev = self.device
         eos = self.eos_ids(config)
         gen = None

@@ -22,10 +22,10 @@ from paralleldecode.decoding import (
     independent_rows,
     shared_prefix,
 )
-
-LAYOUTS = {"rows": independent_rows, "shared_prefix": shared_prefix}
 from paralleldecode.metrics import score
 from paralleldecode.prompts import Message, Parsed, PromptRenderer, ReplyFormat
+
+LAYOUTS = {"rows": independent_rows, "shared_prefix": shared_prefix}
 
 
 class UnknownStrategyError(ValueError):
@@ -70,8 +70,8 @@ class QuestionResult:
 
     Quality scores (0..1) are those of the question's ``answer_type`` (EM/F1/lenient for
     short answers, accuracy for multiple choice, BLEU-4/ROUGE for long answers); the others
-    stay None, as do all of them for a question without gold. Token and pass figures are those of the generate call that produced the answer; where
-    one call answers several questions in one stream (``all_in_one``) its tokens are shared
+    stay None, as do all of them for a question without gold. Token and pass figures are
+    those of the generate call that produced the answer; where one call answers several questions in one stream (``all_in_one``) its tokens are shared
     equally among them. ``latency_s`` is the time from the group's start until this answer
     was available.
     """
@@ -165,8 +165,6 @@ class RunContext:
             gen = dataclasses.replace(gen, max_new_tokens=max_new_tokens)
         gen = dataclasses.replace(gen, stop_strings=(reply.close, *gen.stop_strings))
         ids = self.fit(group, build, gen.max_new_tokens, reply.prefix)
-        if layout == "shared_prefix":
-            self.engine.require_branch_support()
         res = self.engine.generate(LAYOUTS[layout](ids, self.engine.pad_id), gen)
         return [reply.complete(s.text, s.finish_reason) for s in res.streams], res
 
