@@ -106,11 +106,21 @@ def single_system(group: QuestionGroup) -> str:
     return SYSTEM_BY_DATASET.get(group.dataset, SYSTEM_ONE)
 
 
-def one_question(group: QuestionGroup, q: Question, system: str | None = None) -> list[Message]:
-    """Messages asking a single question of the group."""
+def one_question(group: QuestionGroup, q: Question, system: str | None = None,
+                 parents: list[tuple[Question, str]] = ()) -> list[Message]:
+    """Messages asking a single question of the group.
+
+    Args:
+        parents: earlier questions this one depends on, with their answers; they are
+            placed between the context and the question.
+    """
+    known = ""
+    if parents:
+        known = "Answers to earlier questions:\n" + "\n".join(
+            f"- {p.text} Answer: {a}" for p, a in parents) + "\n\n"
     return [
         {"role": "system", "content": system or single_system(group)},
-        {"role": "user", "content": context_block(group) + question_block(q)},
+        {"role": "user", "content": context_block(group) + known + question_block(q)},
     ]
 
 
@@ -130,19 +140,6 @@ def conversation(
         msgs.append({"role": "assistant", "content": reply})
     lead = context_block(group) if not asked else ""
     msgs.append({"role": "user", "content": lead + question_block(q)})
-    return msgs
-
-
-def with_parents(group: QuestionGroup, q: Question, parents: list[tuple[Question, str]],
-                 system: str | None = None) -> list[Message]:
-    """One question with the answers to the questions it depends on placed before it."""
-    msgs = one_question(group, q, system)
-    if parents:
-        known = "\n".join(f"- {p.text} Answer: {a}" for p, a in parents)
-        body = msgs[-1]["content"]
-        head = f"Answers to earlier questions:\n{known}\n\n"
-        cut = body.rfind(question_block(q))
-        msgs[-1] = {"role": "user", "content": body[:cut] + head + body[cut:]}
     return msgs
 
 

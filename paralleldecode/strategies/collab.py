@@ -27,7 +27,7 @@ from paralleldecode.dependencies.html_view import write_group_html
 from paralleldecode.dependencies.llm import LLMDependencyGenerator
 from paralleldecode.dependencies.scheduler import layers, parents
 from paralleldecode.dependencies.selection import select_edges
-from paralleldecode.prompts import ONE_ANSWER, parse_answer, with_parents
+from paralleldecode.prompts import ONE_ANSWER, one_question, parse_answer
 from paralleldecode.strategies.base import Cost, GroupRun, RunContext, Strategy, Timer, register
 
 _FIGURES = ("layers", "edges_kept", "edges_proposed", "dependency_tokens", "dependency_fallbacks")
@@ -78,7 +78,8 @@ class _Collab(Strategy):
         results, layer_of, ideal = [None] * n, {}, dep_seconds
         for depth, layer in enumerate(plan):
             def build(g: QuestionGroup, layer=layer):
-                return [with_parents(g, g.questions[i], [(g.questions[p], answers[p]) for p in par[i]])
+                return [one_question(g, g.questions[i],
+                                     parents=[(g.questions[p], answers[p]) for p in par[i]])
                         for i in layer]
             replies, res = ctx.generate(group, build, ONE_ANSWER)
             cost.add(res)
