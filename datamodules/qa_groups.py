@@ -15,8 +15,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from paralleldecode.data.records import DataError, QuestionGroup
-from paralleldecode.data.registry import dataset_names, load_groups
-from paralleldecode.data.registry import dataset_options as accepted_options
+from paralleldecode.data.registry import check_options, dataset_names, load_groups
 
 
 class _Groups(Dataset):
@@ -73,13 +72,7 @@ class QAGroupsDataModule(L.LightningDataModule):
             raise DataError(
                 f"data.min_questions ({min_questions}) is larger than data.max_questions ({max_questions})"
             )
-        accepted = accepted_options(dataset)
-        unknown = sorted(set(dataset_options or {}) - set(accepted))
-        if unknown:
-            raise DataError(
-                f"data.dataset_options: {dataset!r} has no option {', '.join(map(repr, unknown))}; "
-                f"accepted: {', '.join(a for a in accepted if a != 'seed') or 'none'}"
-            )
+        check_options(dataset, dataset_options, label="data.dataset_options: ")
         if batch_size < 1:
             raise DataError(f"data.batch_size must be >= 1, got {batch_size}")
         self.groups: list[QuestionGroup] | None = None

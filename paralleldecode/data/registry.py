@@ -45,6 +45,21 @@ def dataset_options(dataset: str) -> list[str]:
     return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
+def check_options(dataset: str, options: Mapping[str, Any] | None, label: str = "") -> None:
+    """Refuse options the loader of ``dataset`` does not take, listing the accepted ones.
+
+    Args:
+        label: how the options are named to the user (e.g. ``"data.dataset_options: "``).
+    """
+    accepted = dataset_options(dataset)
+    unknown = sorted(set(options or {}) - set(accepted))
+    if unknown:
+        raise DataError(
+            f"{label}data set {dataset!r} has no option {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(a for a in accepted if a != 'seed') or 'none'}"
+        )
+
+
 def load_groups(dataset: str, data_path: str | None = None, split: str = "validation",
                 min_questions: int = 1, max_questions: int | None = None,
                 context_count: int | None = None, seed: int = 0,
@@ -63,15 +78,9 @@ def load_groups(dataset: str, data_path: str | None = None, split: str = "valida
     """
     if dataset not in _LOADERS:
         raise DataError(f"unknown data set {dataset!r}; registered: {', '.join(dataset_names())}")
-    accepted = dataset_options(dataset)
+    check_options(dataset, options)
     opts = dict(options or {})
-    unknown = sorted(set(opts) - set(accepted))
-    if unknown:
-        raise DataError(
-            f"data set {dataset!r} has no option {', '.join(map(repr, unknown))}; "
-            f"accepted: {', '.join(a for a in accepted if a != 'seed') or 'none'}"
-        )
-    if "seed" in accepted:
+    if "seed" in dataset_options(dataset):
         opts.setdefault("seed", seed)
     groups = _LOADERS[dataset](data_path, split, **opts)
     return select_groups(groups, min_questions=min_questions, max_questions=max_questions,
