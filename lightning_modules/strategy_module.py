@@ -18,7 +18,7 @@ from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.text import BLEUScore
 
 from paralleldecode.data.records import QuestionGroup
-from paralleldecode.backends.judge import LLMJudge
+from paralleldecode.backends.judge import CRITERIA, LLMJudge
 from paralleldecode.backends.openai_api import OpenAIClient
 from paralleldecode.backends.remote import RemoteContext
 from paralleldecode.backends.vllm_client import VLLMClient
@@ -31,7 +31,6 @@ from paralleldecode.strategies import GroupRun, RunContext, get_strategy
 from lightning_modules.writer import PredictionWriter
 
 _MEAN_SCORES = ("em", "f1", "lenient", "accuracy", "rouge1", "rouge2", "rougeL")
-_JUDGE = ("fluency", "relevance", "completeness", "proficiency")
 _COSTS = ("questions", "prompt_tokens", "generated_tokens", "forward_passes", "wall_seconds")
 
 
@@ -49,7 +48,7 @@ class StrategyFigures(nn.Module):
         # across ranks); a mean of sentence BLEU would be dominated by zeros.
         self.bleu = BLEUScore(n_gram=4)
         self.long_answers = SumMetric()
-        self.judged = nn.ModuleDict({k: MeanMetric(nan_strategy="ignore") for k in _JUDGE})
+        self.judged = nn.ModuleDict({k: MeanMetric(nan_strategy="ignore") for k in CRITERIA})
         self.judge_failures = SumMetric()
         self.costs = nn.ModuleDict({k: SumMetric() for k in _COSTS})
 
@@ -61,7 +60,7 @@ class StrategyFigures(nn.Module):
         if long:
             self.bleu.update([spaced(r.answer) for r in long], [[spaced(g) for g in r.gold] for r in long])
         self.long_answers.update(torch.tensor(float(len(long)), dtype=torch.float64))
-        for key in _JUDGE:
+        for key in CRITERIA:
             vals = [v for r in run.results if (v := getattr(r, f"judge_{key}")) is not None]
             if vals:
                 self.judged[key].update(torch.tensor(vals, dtype=torch.float64))
@@ -227,7 +226,7 @@ class StrategyModule(L.LightningModule):
         scores = self.judge.score_many([(r.question, r.gold[0], r.answer) for r in todo])
         for r, sc in zip(todo, scores):
             r.judge_error = sc.error
-            for key in _JUDGE:
+            for key in CRITERIA:
                 setattr(r, f"judge_{key}", getattr(sc, key))
 
     def on_predict_epoch_start(self) -> None:

@@ -27,7 +27,6 @@ class PredictionWriter(BasePredictionWriter):
     def __init__(self, output_dir: str | None = None) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
-        self.summary: dict[str, dict[str, Any]] | None = None
         self.folder: Path | None = None
 
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
@@ -57,7 +56,6 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             self._merge(trainer, list(summary))
             self._report(trainer, summary)
-        self.summary = summary
         trainer.strategy.barrier("prediction-writer-done")
 
     def _merge(self, trainer, strategy_order: list[str]) -> None:

@@ -16,7 +16,6 @@ vLLM) instead of the local decoding engine.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 
@@ -61,9 +60,7 @@ class RemoteContext:
                 f"layout {layout!r} needs token-level access to a local model; the {self.name} "
                 "back-end runs independent requests only"
             )
-        gen = self.generation
-        if max_new_tokens is not None:
-            gen = dataclasses.replace(gen, max_new_tokens=max_new_tokens)
+        gen = self.generation.budget(max_new_tokens)
         start = time.perf_counter()
         results = self.client.chat_many(
             build(group), max_tokens=gen.max_new_tokens, temperature=gen.temperature,

@@ -12,7 +12,7 @@ all finished is dropped from the cache so it stops costing compute.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -56,6 +56,10 @@ class GenerationConfig:
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         self.stop_strings = tuple(self.stop_strings)
+
+    def budget(self, max_new_tokens: int | None) -> GenerationConfig:
+        """This config with another ``max_new_tokens`` for one call (None keeps it)."""
+        return self if max_new_tokens is None else replace(self, max_new_tokens=max_new_tokens)
 
 
 @dataclass

@@ -160,9 +160,7 @@ class RunContext:
         Returns:
             each stream's whole reply (see :meth:`ReplyFormat.complete`), and the result.
         """
-        gen = self.generation
-        if max_new_tokens is not None:
-            gen = dataclasses.replace(gen, max_new_tokens=max_new_tokens)
+        gen = self.generation.budget(max_new_tokens)
         gen = dataclasses.replace(gen, stop_strings=(reply.close, *gen.stop_strings))
         ids = self.fit(group, build, gen.max_new_tokens, reply.prefix)
         res = self.engine.generate(LAYOUTS[layout](ids, self.engine.pad_id), gen)
