@@ -1,4 +1,4 @@
-"""`QAGroupsDataModule`: batches of question groups for predict.
+"""`QAGroupsDataModule`: batches of question groups for predict (and fit, for the trained methods).
 
 Each batch is a plain list of :class:`~paralleldecode.data.records.QuestionGroup`. Under DDP
 Lightning wraps the sequential sampler for predict in an *unrepeated* distributed sampler,
@@ -45,7 +45,7 @@ class QAGroupsDataModule(L.LightningDataModule):
         min_questions: leave out groups with fewer questions.
         max_questions: split larger groups into chunks of at most this many.
         seed: seed of the group sample (and of data sets that group at random).
-        batch_size: groups per predict batch.
+        batch_size: groups per batch (predict and fit).
         dataset_options: options of the chosen data set (e.g. ``{group_size: 4}`` for
             ``hotpot``); unknown ones are refused with the list of accepted ones.
     """
@@ -87,6 +87,11 @@ class QAGroupsDataModule(L.LightningDataModule):
             max_questions=h.max_questions, context_count=h.context_count, seed=h.seed,
             options=h.dataset_options,
         )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (seeded per epoch by Lightning's sampler seeding) batches of groups."""
+        return DataLoader(_Groups(self.groups), batch_size=self.hparams.batch_size,
+                          shuffle=True, collate_fn=_as_list)
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(_Groups(self.groups), batch_size=self.hparams.batch_size,

@@ -9,7 +9,7 @@ from typing import Any
 from paralleldecode.data.demo import load_demo
 from paralleldecode.data.grouping import select_groups
 from paralleldecode.data.records import DataError, QuestionGroup
-from paralleldecode.data.squad import DEFAULT_HUB_ID, load_squad
+from paralleldecode.data.squad import DEFAULT_HUB_ID, load_squad, select_articles
 from paralleldecode.data.tasks import MULTIDOC, PLANNING, RETRIEVAL, load_task
 
 Loader = Callable[..., list[QuestionGroup]]
@@ -94,8 +94,10 @@ def _demo(data_path: str | None, split: str) -> list[QuestionGroup]:
 
 
 @register_dataset("squad")
-def _squad(data_path: str | None, split: str) -> list[QuestionGroup]:
-    return load_squad(data_path or DEFAULT_HUB_ID, split)
+def _squad(data_path: str | None, split: str, *, articles: str | None = None) -> list[QuestionGroup]:
+    # `articles` ("start:stop" over article titles in file order) holds training articles
+    # apart from evaluation ones: SQuAD's train split is not always at hand (offline).
+    return select_articles(load_squad(data_path or DEFAULT_HUB_ID, split), articles)
 
 
 # The generated task families have no splits, so `split` is ignored; data_path None generates

@@ -168,3 +168,31 @@ def _group_by_context(items: Iterable[_Item], origin: str, source: str) -> list[
                       background=context, metadata={"title": title, "source": source})
         for context, (title, questions) in by_context.items()
     ]
+
+
+def select_articles(groups: list[QuestionGroup], articles: str | None) -> list[QuestionGroup]:
+    """Keep the groups of a slice of articles, ``"start:stop"`` over the distinct titles in
+    order of first appearance (Python slice rules; ``None`` keeps all).
+
+    SQuAD dev v1.1 has 48 articles: ``"0:24"`` and ``"24:48"`` split it into two halves that
+    share no paragraph, e.g. one to fine-tune on and one to evaluate on.
+
+    Raises:
+        DataError: ``articles`` is not ``"start:stop"`` with integers, or selects nothing.
+    """
+    if articles is None:
+        return groups
+    parts = str(articles).split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start, stop = (int(x) if x.strip() else None for x in parts)
+    except ValueError:
+        raise DataError(f"squad option articles={articles!r}: expected 'start:stop', e.g. '0:24'") from None
+    titles = list(dict.fromkeys(g.metadata.get("title", "") for g in groups))
+    chosen = set(titles[start:stop])
+    kept = [g for g in groups if g.metadata.get("title", "") in chosen]
+    if not kept:
+        raise DataError(f"squad option articles={articles!r} selects no article; the source has "
+                        f"{len(titles)} articles")
+    return kept

@@ -193,3 +193,15 @@ def test_real_squad_dev_file():
     assert sum(len(g) for g in groups) == 10570
     assert all(g.background[s:s + len(a)] == a for g in groups for q in g.questions
                for a, s in zip(q.answers, q.metadata["answer_start"]))
+
+
+def test_articles_option_keeps_a_slice_of_articles(tmp_path):
+    path = _write(tmp_path / "dev.json", json.dumps(ORIGINAL))
+    first = load_groups("squad", data_path=path, options={"articles": "0:1"})
+    rest = load_groups("squad", data_path=path, options={"articles": "1:"})
+    assert [g.metadata["title"] for g in first] == ["Ada_Park"]
+    assert [g.metadata["title"] for g in rest] == ["Holm"]
+    with pytest.raises(DataError, match="expected 'start:stop'"):
+        load_groups("squad", data_path=path, options={"articles": "first half"})
+    with pytest.raises(DataError, match="selects no article; the source has 2 articles"):
+        load_groups("squad", data_path=path, options={"articles": "5:9"})
