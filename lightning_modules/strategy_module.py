@@ -9,6 +9,7 @@ torchmetrics metrics that sync across ranks.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -26,7 +27,7 @@ from paralleldecode.decoding import DecodingEngine, GenerationConfig
 from paralleldecode.metrics import FormatRate, MeanScore, spaced
 from paralleldecode.models.loading import DEFAULT_MODEL, load_causal_lm
 from paralleldecode.prompts import PromptRenderer
-from paralleldecode.strategies import GroupRun, RunContext, get_strategy
+from paralleldecode.strategies import GroupRun, RunContext, StrategyUnavailable, get_strategy
 
 from lightning_modules.writer import PredictionWriter
 
@@ -173,6 +174,8 @@ class StrategyModule(L.LightningModule):
         self.figures = nn.ModuleDict({s.name: StrategyFigures(s.extra_figures) for s in self.strategies})
         self.model = None
         self.tokenizer = None
+        # Strategies that cannot run here (e.g. no trained checkpoint): name -> reason.
+        self.skipped: dict[str, str] = {}
 
     # -- model ----------------------------------------------------------------------------
 
@@ -204,6 +207,7 @@ class StrategyModule(L.LightningModule):
             renderer=PromptRenderer(self.tokenizer, self.hparams.use_chat_template),
             generation=self.generation,
             truncate_context=self.hparams.truncate_context,
+            model_name=self.hparams.model_name,
         )
 
     # -- predict --------------------------------------------------------------------------
@@ -213,7 +217,14 @@ class StrategyModule(L.LightningModule):
         records: list[dict[str, Any]] = []
         for group in batch:
             for strategy in self.strategies:
-                run = strategy.run(group, ctx)
+                if strategy.name in self.skipped:
+                    continue
+                try:
+                    run = strategy.run(group, ctx)
+                except StrategyUnavailable as err:
+                    self.skipped[strategy.name] = str(err)
+                    print(f"skipping strategy {strategy.name!r}: {err}", flush=True)
+                    continue
                 if self.judge is not None:
                     self._judge(run)
                 self.figures[strategy.name].update(run)
@@ -230,13 +241,22 @@ class StrategyModule(L.LightningModule):
                 setattr(r, f"judge_{key}", getattr(sc, key))
 
     def on_predict_epoch_start(self) -> None:
+        self.skipped.clear()
         for f in self.figures.values():
             f.reset()
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Per-strategy figures over everything predicted so far, synced across ranks
-        (every rank must call it)."""
-        return {name: fig.compute() for name, fig in self.figures.items()}
+        (every rank must call it); a skipped strategy has only ``skipped``: the reason."""
+        figures = {}
+        for name, fig in self.figures.items():
+            # compute() is collective, so skipped strategies compute too (with no updates).
+            with warnings.catch_warnings():
+                if name in self.skipped:
+                    warnings.filterwarnings("ignore", message=".*compute.*before the ``update``")
+                figures[name] = fig.compute()
+        return {name: ({"skipped": self.skipped[name]} if name in self.skipped else fig)
+                for name, fig in figures.items()}
 
     def configure_callbacks(self):
         return [PredictionWriter(self.hparams.output_dir)]

@@ -171,11 +171,11 @@ class CrossBatchAttention(_CrossBatchSource):
         self.alpha_logit: nn.Parameter | None = None
         if learn_combination:
             logit = math.log(alpha_init / (1.0 - alpha_init))
-            self.alpha_logit = nn.Parameter(torch.tensor(logit))
+            self.alpha_logit = nn.Parameter(torch.tensor([logit]))  # 1-D: FSDP2 refuses scalars
 
     @property
     def alpha(self) -> torch.Tensor:
-        """The mixing weight ``sigmoid(alpha_logit)``, a scalar tensor in ``(0, 1)``."""
+        """The mixing weight ``sigmoid(alpha_logit)``, shape ``(1,)``, in ``(0, 1)``."""
         if self.alpha_logit is None:
             raise RuntimeError("built with learn_combination=False: no alpha")
         return torch.sigmoid(self.alpha_logit)
@@ -250,7 +250,7 @@ class CrossBatchEmbeddingMixer(_CrossBatchSource):
         self.temperature = float(temperature)
         self.scale: nn.Parameter | None = None
         if learn_combination:
-            self.scale = nn.Parameter(torch.tensor(float(scale_init)))
+            self.scale = nn.Parameter(torch.tensor([float(scale_init)]))  # 1-D: FSDP2 refuses scalars
 
     def weights(self, hidden: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         """Mixing weights.

@@ -1,6 +1,6 @@
 """Registry of comparison strategies; importing this package registers the built-in ones."""
 
-from paralleldecode.strategies import baselines, collab  # noqa: F401  (registers them)
+from paralleldecode.strategies import baselines, collab, trained  # noqa: F401  (registers them)
 from paralleldecode.strategies.base import (
     ContextTooLongError,
     Cost,
@@ -8,6 +8,7 @@ from paralleldecode.strategies.base import (
     QuestionResult,
     RunContext,
     Strategy,
+    StrategyUnavailable,
     UnknownStrategyError,
     get_strategy,
     register,
@@ -15,6 +16,6 @@ from paralleldecode.strategies.base import (
 )
 
 __all__ = [
-    "ContextTooLongError", "Cost", "GroupRun", "QuestionResult", "RunContext", "Strategy",
+    "ContextTooLongError", "Cost", "GroupRun", "QuestionResult", "RunContext", "Strategy", "StrategyUnavailable",
     "UnknownStrategyError", "get_strategy", "register", "strategy_names",
 ]

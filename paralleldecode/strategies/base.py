@@ -32,6 +32,11 @@ class UnknownStrategyError(ValueError):
     """A strategy name that is not registered; the message lists the registered ones."""
 
 
+class StrategyUnavailable(RuntimeError):
+    """A strategy cannot run in this setting (e.g. its trained checkpoint is missing); the
+    runner skips it and puts the message in the summary instead of failing the whole run."""
+
+
 class ContextTooLongError(ValueError):
     """A prompt does not fit the model's context window; the message names the group."""
 
@@ -135,12 +140,15 @@ class RunContext:
         generation: per-answer generation settings (``max_new_tokens`` is per answer).
         truncate_context: cut a group's background to fit the context window instead of
             raising :class:`ContextTooLongError`.
+        model_name: what the local model was loaded from (trained strategies look for
+            checkpoints by it).
     """
 
     engine: DecodingEngine
     renderer: PromptRenderer
     generation: GenerationConfig
     truncate_context: bool = False
+    model_name: str | None = None
 
     def generate(
         self,

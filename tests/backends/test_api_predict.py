@@ -66,6 +66,9 @@ def test_strategies_needing_a_local_model_are_refused(chat_server, tmp_path, mon
     cfg = _config(tmp_path, chat_server.base_url, ["batch", "one_sequence"])
     with pytest.raises(ValueError, match="'one_sequence' needs token-level access.*OpenAIClient"):
         build_cli(["--config", str(cfg)], run=False)
+    cfg = _config(tmp_path, chat_server.base_url, ["batch", "collab_hidden"])
+    with pytest.raises(ValueError, match="'collab_hidden' needs .*hidden states and a trained checkpoint"):
+        build_cli(["--config", str(cfg)], run=False)
 
 
 def test_missing_key_variable_is_named(chat_server, tmp_path, monkeypatch):

@@ -94,7 +94,9 @@ def test_every_config_instantiates(monkeypatch):
         command = first.removeprefix("# paralleldecode ").split()[0]
         assert first.startswith("# paralleldecode ") and f"--config {cfg.relative_to(ROOT)}" in first, cfg
         assert command in ("fit", "validate", "test", "predict"), cfg
-        cli = build_cli(["--config", str(cfg)], run=False)
+        # A config that completes another names both on its first line.
+        args = [a for path in re.findall(r"--config (\S+)", first) for a in ("--config", str(ROOT / path))]
+        cli = build_cli(args, run=False)
         assert cli.model is not None and cli.datamodule is not None
 
 
