@@ -94,8 +94,9 @@ def _demo(data_path: str | None, split: str) -> list[QuestionGroup]:
 
 
 @register_dataset("squad")
-def _squad(data_path: str | None, split: str, *, articles: str | None = None) -> list[QuestionGroup]:
-    # `articles` ("start:stop" over article titles in file order) holds training articles
+def _squad(data_path: str | None, split: str, *,
+           articles: str | list[int] | None = None) -> list[QuestionGroup]:
+    # `articles` ([start, stop] over article titles in file order) holds training articles
     # apart from evaluation ones: SQuAD's train split is not always at hand (offline).
     return select_articles(load_squad(data_path or DEFAULT_HUB_ID, split), articles)
 

@@ -170,25 +170,36 @@ def _group_by_context(items: Iterable[_Item], origin: str, source: str) -> list[
     ]
 
 
-def select_articles(groups: list[QuestionGroup], articles: str | None) -> list[QuestionGroup]:
-    """Keep the groups of a slice of articles, ``"start:stop"`` over the distinct titles in
-    order of first appearance (Python slice rules; ``None`` keeps all).
+def select_articles(groups: list[QuestionGroup], articles: str | list[int] | None) -> list[QuestionGroup]:
+    """Keep the groups of a slice of articles: ``[start, stop]`` (or the string
+    ``"start:stop"``) over the distinct titles in order of first appearance, with Python
+    slice rules (``None`` keeps all; ``stop`` may be None or left out of the string).
 
-    SQuAD dev v1.1 has 48 articles: ``"0:24"`` and ``"24:48"`` split it into two halves that
-    share no paragraph, e.g. one to fine-tune on and one to evaluate on.
+    SQuAD dev v1.1 has 48 articles: ``[0, 24]`` and ``[24, 48]`` split it into two halves
+    that share no paragraph, e.g. one to fine-tune on and one to evaluate on. In YAML write
+    the list form: YAML 1.1 reads an unquoted-looking ``24:48`` as the base-60 number 1488.
 
     Raises:
-        DataError: ``articles`` is not ``"start:stop"`` with integers, or selects nothing.
+        DataError: ``articles`` is not of that form, or selects nothing.
     """
     if articles is None:
         return groups
-    parts = str(articles).split(":")
+    usage = "expected [start, stop] (in YAML) or 'start:stop', e.g. [0, 24]"
+    if isinstance(articles, int) and not isinstance(articles, bool):
+        raise DataError(f"squad option articles={articles!r}: {usage}; a YAML value like 24:48 "
+                        f"is read as the base-60 number {articles}")
+    if isinstance(articles, str):
+        parts = articles.split(":")
+    elif isinstance(articles, (list, tuple)):
+        parts = list(articles)
+    else:
+        parts = []
     try:
         if len(parts) != 2:
             raise ValueError
-        start, stop = (int(x) if x.strip() else None for x in parts)
-    except ValueError:
-        raise DataError(f"squad option articles={articles!r}: expected 'start:stop', e.g. '0:24'") from None
+        start, stop = (None if x is None or str(x).strip() == "" else int(x) for x in parts)
+    except (TypeError, ValueError):
+        raise DataError(f"squad option articles={articles!r}: {usage}") from None
     titles = list(dict.fromkeys(g.metadata.get("title", "") for g in groups))
     chosen = set(titles[start:stop])
     kept = [g for g in groups if g.metadata.get("title", "") in chosen]

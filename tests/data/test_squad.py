@@ -199,9 +199,13 @@ def test_articles_option_keeps_a_slice_of_articles(tmp_path):
     path = _write(tmp_path / "dev.json", json.dumps(ORIGINAL))
     first = load_groups("squad", data_path=path, options={"articles": "0:1"})
     rest = load_groups("squad", data_path=path, options={"articles": "1:"})
+    assert [g.id for g in load_groups("squad", data_path=path, options={"articles": [1, None]})] == \
+        [g.id for g in rest]
     assert [g.metadata["title"] for g in first] == ["Ada_Park"]
     assert [g.metadata["title"] for g in rest] == ["Holm"]
-    with pytest.raises(DataError, match="expected 'start:stop'"):
+    with pytest.raises(DataError, match=r"expected \[start, stop\]"):
         load_groups("squad", data_path=path, options={"articles": "first half"})
+    with pytest.raises(DataError, match="base-60 number 1488"):
+        load_groups("squad", data_path=path, options={"articles": 1488})
     with pytest.raises(DataError, match="selects no article; the source has 2 articles"):
         load_groups("squad", data_path=path, options={"articles": "5:9"})

@@ -26,8 +26,26 @@ def test_gold_answers_score_100_against_themselves(data_dir):
 @pytest.mark.data
 def test_article_halves_share_no_paragraph(data_dir):
     path = str(data_dir / "squad/dev-v1.1.json")
-    train = load_groups("squad", data_path=path, options={"articles": "0:24"})
-    held = load_groups("squad", data_path=path, options={"articles": "24:48"})
+    train = load_groups("squad", data_path=path, options={"articles": [0, 24]})
+    held = load_groups("squad", data_path=path, options={"articles": [24, 48]})
     assert len(train) + len(held) == 2067
     assert not {g.background for g in train} & {g.background for g in held}
     assert not {g.metadata["title"] for g in train} & {g.metadata["title"] for g in held}
+
+
+@pytest.mark.data
+def test_fit_and_predict_configs_use_disjoint_articles(data_dir):
+    """Through the real config parser (YAML would read 24:48 as a base-60 number)."""
+    from pathlib import Path
+
+    from paralleldecode.cli import build_cli
+
+    root = Path(__file__).resolve().parents[2]
+    path = str(data_dir / "squad/dev-v1.1.json")
+    titles = {}
+    for cfg in ("configs/fit/crossbatch_squad.yaml", "configs/predict/crossbatch_squad.yaml"):
+        cli = build_cli(["--config", str(root / cfg), "--data.init_args.data_path", path], run=False)
+        cli.datamodule.setup("fit")
+        titles[cfg] = {g.metadata["title"] for g in cli.datamodule.groups}
+    fit, predict = titles.values()
+    assert len(fit) == 24 and predict and not fit & predict
