@@ -1,5 +1,15 @@
 """The one decoding engine and the batch layouts it decodes."""
 
+from paralleldecode.decoding.columnar import (
+    column_mask,
+    columnar_batch,
+    columnar_layout,
+    columnar_loss,
+    columnar_prompts,
+    columnar_segments,
+    linearise,
+)
+
 from paralleldecode.decoding.engine import (
     DecodingEngine,
     GenerationConfig,
@@ -11,6 +21,7 @@ from paralleldecode.decoding.layout import (
     SHARED,
     Layout,
     independent_rows,
+    layout_mask,
     shared_prefix,
     split_common_prefix,
 )
@@ -18,4 +29,6 @@ from paralleldecode.decoding.layout import (
 __all__ = [
     "DecodingEngine", "GenerationConfig", "GenerationResult", "StreamResult",
     "Layout", "independent_rows", "shared_prefix", "split_common_prefix", "PAD", "SHARED",
+    "layout_mask", "column_mask", "columnar_batch", "columnar_layout", "columnar_loss",
+    "columnar_prompts", "columnar_segments", "linearise",
 ]

@@ -2,7 +2,11 @@
 
 Every strategy generates through :meth:`DecodingEngine.generate`; what differs between
 strategies is the :class:`~paralleldecode.decoding.layout.Layout` they hand in (how
-sequences share a row and who may see whom), never the loop.
+sequences share a row and who may see whom), never the loop. Columnar layouts (2D
+positions, :mod:`~paralleldecode.decoding.columnar`) run through the same loop: each step
+feeds one token per live branch, all in one column; a branch may first feed the rest of its
+prompt (``Layout.pending``), and a branch that stops feeds its last token once more so the
+branches still running see it as they would in training.
 
 Unlike ``model.generate`` the engine always passes explicit positions and an explicit 4D
 mask, so any layout works with stock Hugging Face modeling code; a row whose streams have
@@ -16,14 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from paralleldecode.decoding.layout import (
-    PAD,
-    SHARED,
-    Layout,
-    additive,
-    prefill_mask,
-    step_mask,
-)
+from paralleldecode.decoding.layout import PAD, SHARED, Layout, additive, layout_mask
 
 
 @dataclass
@@ -39,6 +36,8 @@ class GenerationConfig:
         stop_strings: a stream stops once its decoded text contains one of these; the text
             is cut before it.
         eos_token_ids: ids that end a stream; None takes the model's and tokenizer's.
+        output_logits: keep, for every generated token, the ``(V,)`` logits it was picked
+            from (``StreamResult.logits``).
     """
 
     max_new_tokens: int = 32
@@ -47,6 +46,7 @@ class GenerationConfig:
     seed: int | None = None
     stop_strings: tuple[str, ...] = ()
     eos_token_ids: tuple[int, ...] | None = None
+    output_logits: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -77,6 +77,8 @@ class StreamResult:
         error: why the stream failed (remote back-ends), None when it did not.
         finish_seconds: time from the call's start until this stream stopped (its own
             latency within the batch; a remote request's own latency).
+        logits: ``(G, V)`` float logits each generated token was picked from, when
+            ``GenerationConfig.output_logits`` is set; else None.
     """
 
     token_ids: list[int]
@@ -86,6 +88,7 @@ class StreamResult:
     generated_tokens: int = -1
     error: str | None = None
     finish_seconds: float = 0.0
+    logits: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.generated_tokens < 0:
@@ -125,13 +128,17 @@ class _State:
     """Mutable loop state; rows are renumbered when finished rows leave the cache."""
 
     stream_row: torch.Tensor  # (S,) current row of each stream, -1 once its row is gone
-    position: torch.Tensor  # (S,) position of the stream's next fed token
+    position: torch.Tensor  # (S,) position (column) of the stream's next fed token
     cache_owner: torch.Tensor  # (R, L)
+    cache_column: torch.Tensor | None  # (R, L) columns of a columnar layout, else None
     tokens: list[list[int]]
     done: list[bool]
     reasons: list[str]
+    pending: list[list[int]]  # prompt tokens still to feed, per stream
+    feed: list[int]  # the token each stream feeds next
     texts: list[str | None] = field(default_factory=list)
     finished: list[float] = field(default_factory=list)
+    logits: list[list[torch.Tensor]] = field(default_factory=list)
 
 
 class DecodingEngine:
@@ -186,6 +193,18 @@ class DecodingEngine:
                 f"type {model_type!r} uses {attn!r}: set attn_implementation to sdpa or eager"
             )
 
+    def require_rope2d(self) -> None:
+        """Refuse a columnar (2D-position) layout on a model without the 2D rotary module."""
+        from paralleldecode.models.rope2d import has_rope2d
+
+        if not has_rope2d(self.model):
+            model_type = getattr(self.model.config, "model_type", type(self.model).__name__)
+            raise ValueError(
+                f"columnar layouts pass 2D (column, branch) positions, which need the 2D rotary "
+                f"module; model type {model_type!r} has the stock one: call "
+                "paralleldecode.models.rope2d.install_rope2d(model, pair_indices) first"
+            )
+
     def eos_ids(self, config: GenerationConfig) -> set[int]:
         if config.eos_token_ids is not None:
             return set(config.eos_token_ids)
@@ -210,32 +229,45 @@ class DecodingEngine:
         from transformers import DynamicCache
 
         self._check_window(layout, config)
-        if bool((layout.owner == SHARED).any()):
+        if bool((layout.owner == SHARED).any()) or layout.columnar:
             self.require_branch_support()
+        if layout.columnar:
+            self.require_rope2d()
         dev = self.device
         eos = self.eos_ids(config)
         gen = None
         if config.temperature > 0 and config.seed is not None:
             gen = torch.Generator(device=dev).manual_seed(config.seed)
         n = layout.num_streams
+        pending_len = torch.tensor([len(p) for p in layout.pending], dtype=torch.long)
+        columns = layout.columns
         st = _State(
             stream_row=layout.stream_row.to(dev).clone(),
-            position=layout.next_position.to(dev).clone(),
+            position=(layout.next_position - pending_len).to(dev),
             cache_owner=layout.owner.to(dev),
+            cache_column=columns.to(dev) if columns is not None else None,
             tokens=[[] for _ in range(n)],
             done=[False] * n,
             reasons=["length"] * n,
+            pending=[list(p) for p in layout.pending],
+            feed=[-1] * n,
             texts=[None] * n,
             finished=[0.0] * n,
+            logits=[[] for _ in range(n)],
         )
+        branch = layout.stream_branch.to(dev) if layout.stream_branch is not None else None
+        # Columnar branches see each other: a stopped branch's last token is fed once more
+        # so the others see it, as in training (isolated branches never look).
+        feed_last = layout.columnar and not layout.isolate
         cache = DynamicCache(config=self.model.config)
         start = time.perf_counter()
 
         owner = layout.owner.to(dev)
         needed = torch.unique(layout.last_slot).to(dev)
+        mask = layout_mask(owner, owner, st.cache_column, st.cache_column, layout.isolate)
         logits = self._forward(
             layout.input_ids.to(dev), layout.position_ids.to(dev),
-            prefill_mask(owner), cache, logits_to_keep=needed,
+            mask, cache, logits_to_keep=needed,
         )  # (B, len(needed), V)
         col = torch.searchsorted(needed, layout.last_slot.to(dev))
         groups = layout.stream_group.to(dev)
@@ -247,21 +279,37 @@ class DecodingEngine:
         while True:
             live = [i for i in range(n) if not st.done[i]]
             next_ids = self._pick(stream_logits, config, gen)
+            stopped = []
             for j, i in enumerate(live):
+                if st.pending[i]:  # still reading its prompt: the pick is not used
+                    st.feed[i] = st.pending[i].pop(0)
+                    continue
+                if config.output_logits:
+                    st.logits[i].append(stream_logits[j].detach().float().cpu())
                 self._append(st, i, int(next_ids[j]), eos, config)
+                st.feed[i] = st.tokens[i][-1]
                 if st.done[i]:
                     st.finished[i] = time.perf_counter() - start
+                    stopped.append(i)
             live = [i for i in range(n) if not st.done[i]]
             if not live:
                 break
             cache = self._drop_finished_rows(st, cache)
-            step_ids, step_pos, step_owner, where = self._step_inputs(st, live)
-            mask = step_mask(st.cache_owner, step_owner)
+            extra = [i for i in stopped if feed_last and int(st.stream_row[i]) >= 0]
+            fed_now = live + extra
+            step_ids, step_pos, step_owner, where = self._step_inputs(st, fed_now, branch)
+            step_col = step_pos[..., 0] if branch is not None else None
+            key_col = None
+            if st.cache_column is not None:
+                key_col = torch.cat([st.cache_column, step_col], dim=1)
+            key_owner = torch.cat([st.cache_owner, step_owner], dim=1)
+            mask = layout_mask(step_owner, key_owner, step_col, key_col, layout.isolate)
             logits = self._forward(step_ids, step_pos, mask, cache, logits_to_keep=0)
-            st.cache_owner = torch.cat([st.cache_owner, step_owner], dim=1)
+            st.cache_owner, st.cache_column = key_owner, key_col
             live_t = torch.tensor(live, device=dev)
-            stream_logits = self._logits(logits[where[0], where[1]], groups[live_t])
-            for i in live:
+            rows, cols = where[0][: len(live)], where[1][: len(live)]
+            stream_logits = self._logits(logits[rows, cols], groups[live_t])
+            for i in fed_now:
                 st.position[i] += 1
             passes += 1
             fed += step_ids.numel()
@@ -275,6 +323,7 @@ class DecodingEngine:
                 finish_reason=st.reasons[i],
                 prompt_tokens=int(layout.prompt_tokens[i]),
                 finish_seconds=st.finished[i],
+                logits=torch.stack(st.logits[i]) if config.output_logits else None,
             )
             for i in range(n)
         ]
@@ -346,29 +395,35 @@ class DecodingEngine:
         st.stream_row = remap[st.stream_row.clamp(min=0)].where(st.stream_row >= 0, st.stream_row)
         return cache
 
-    def _step_inputs(self, st: _State, live: list[int]):
-        """Tokens of one step: ``(R, K)`` ids, positions, owners, and each live stream's
-        ``(row, k)`` slot, where ``K`` is the most live streams any row has."""
+    def _step_inputs(self, st: _State, fed: list[int], branch: torch.Tensor | None):
+        """Tokens of one step: ``(R, K)`` ids, positions (``(R, K, 2)`` column and branch
+        when ``branch`` gives each stream's branch id), owners, and each fed stream's
+        ``(row, k)`` slot in the order of ``fed``; ``K`` is the most fed streams any row
+        has. Pad slots get position 0 (branch 0)."""
         rows = st.cache_owner.shape[0]
         per_row: list[list[int]] = [[] for _ in range(rows)]
-        for i in live:
+        for i in fed:
             per_row[int(st.stream_row[i])].append(i)
         k = max(len(r) for r in per_row)
         dev = st.cache_owner.device
         ids = torch.full((rows, k), self.pad_id, dtype=torch.long, device=dev)
-        pos = torch.zeros((rows, k), dtype=torch.long, device=dev)
+        pos = torch.zeros((rows, k) if branch is None else (rows, k, 2), dtype=torch.long, device=dev)
         own = torch.full((rows, k), PAD, dtype=torch.long, device=dev)
         slot: dict[int, tuple[int, int]] = {}
         for r, streams in enumerate(per_row):
             for j, i in enumerate(streams):
-                ids[r, j] = st.tokens[i][-1]
-                pos[r, j] = st.position[i]
+                ids[r, j] = st.feed[i]
+                if branch is None:
+                    pos[r, j] = st.position[i]
+                else:
+                    pos[r, j, 0], pos[r, j, 1] = st.position[i], branch[i]
                 own[r, j] = i
                 slot[i] = (r, j)
-        # Gather indices in the order of `live`, which is the order logits are picked in.
+        # Gather indices in the order of `fed` (live streams first: the order logits are
+        # picked in).
         where = (
-            torch.tensor([slot[i][0] for i in live], device=dev),
-            torch.tensor([slot[i][1] for i in live], device=dev),
+            torch.tensor([slot[i][0] for i in fed], device=dev),
+            torch.tensor([slot[i][1] for i in fed], device=dev),
         )
         return ids, pos, own, where
 

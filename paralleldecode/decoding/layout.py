@@ -8,7 +8,8 @@ tokens (shared-prefix branches). Every cache slot carries an *owner*:
 * ``SHARED`` (-1): every stream of the row sees it (a common prefix);
 * ``PAD`` (-2): nobody sees it (padding).
 
-Masks are built from owners and slot order alone, as an explicit 4D tensor: with custom
+Masks are built from owners and slot order alone (or, for columnar layouts, owners and
+columns: see :mod:`paralleldecode.decoding.columnar`), as an explicit 4D tensor: with custom
 positions, transformers must never be left to guess a mask (it would guess packed
 sequences). A padding query sees only itself so that no attention row is fully masked
 (an all-masked row turns into NaN under sdpa, and a NaN key poisons every real query).
@@ -33,16 +34,26 @@ class Layout:
 
     Attributes:
         input_ids: ``(B, T)`` token ids (pad id where ``owner == PAD``).
-        position_ids: ``(B, T)`` positions; each stream counts as if it were alone.
+        position_ids: ``(B, T)`` positions (each stream counts as if it were alone), or
+            ``(B, T, 2)`` (column, branch) for a columnar layout, which then masks by
+            column (:func:`~paralleldecode.decoding.columnar.column_mask`) instead of
+            slot order and needs a model with :class:`~paralleldecode.models.rope2d.Rotary2D`.
         owner: ``(B, T)`` owner of each slot (see the module docstring).
         stream_row: ``(S,)`` row of each stream.
         last_slot: ``(S,)`` column of each stream's last prompt token in its row: the
             logits there give the stream's first generated token.
-        next_position: ``(S,)`` position of each stream's first generated token.
+        next_position: ``(S,)`` position (column) of each stream's first generated token.
         prompt_tokens: ``(S,)`` tokens of each stream's own prompt (shared ones included).
         stream_group: ``(S,)`` which streams belong together for cross-batch mixing (the
             engine's ``mixer`` mixes only within a group); by default all streams are one
             group.
+        isolate: columnar layouts only: a branch sees the shared slots and its own, not the
+            other branches'.
+        pending: per stream, prompt tokens that are not in the prefill but fed one per
+            decoding step before the stream starts generating (columnar layouts keep every
+            step's tokens in one column); None = none.
+        stream_branch: ``(S,)`` branch id of each stream, the second coordinate of its 2D
+            positions; set exactly when ``position_ids`` is 2D.
     """
 
     input_ids: torch.Tensor
@@ -53,10 +64,28 @@ class Layout:
     next_position: torch.Tensor
     prompt_tokens: torch.Tensor
     stream_group: torch.Tensor | None = None
+    isolate: bool = False
+    pending: list[list[int]] | None = None
+    stream_branch: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.stream_group is None:
             self.stream_group = torch.zeros(self.stream_row.numel(), dtype=torch.long)
+        if self.pending is None:
+            self.pending = [[] for _ in range(self.num_streams)]
+        if (self.position_ids.dim() == 3) != (self.stream_branch is not None):
+            raise ValueError("a Layout with 2D position_ids (B, T, 2) needs stream_branch, and "
+                             "only such a layout takes it")
+
+    @property
+    def columnar(self) -> bool:
+        """Whether positions are 2D (column, branch) and masks follow columns."""
+        return self.position_ids.dim() == 3
+
+    @property
+    def columns(self) -> torch.Tensor | None:
+        """``(B, T)`` column of each slot for a columnar layout, else None."""
+        return self.position_ids[..., 0] if self.columnar else None
 
     @property
     def num_streams(self) -> int:
@@ -64,8 +93,9 @@ class Layout:
 
     @property
     def processed_tokens(self) -> int:
-        """Prompt tokens the prefill actually computes (padding excluded)."""
-        return int((self.owner != PAD).sum())
+        """Prompt tokens the model computes, padding excluded: the prefill's, plus pending
+        ones (fed during the decoding steps)."""
+        return int((self.owner != PAD).sum()) + sum(len(p) for p in self.pending)
 
 
 def independent_rows(sequences: list[list[int]], pad_id: int) -> Layout:
@@ -132,6 +162,40 @@ def step_mask(cache_owner: torch.Tensor, step_owner: torch.Tensor) -> torch.Tens
     k = step_owner.shape[1]
     own = torch.eye(k, dtype=torch.bool, device=step_owner.device).expand(step_owner.shape[0], k, k)
     return torch.cat([past, own], dim=2)
+
+
+def layout_mask(
+    query_owner: torch.Tensor,
+    key_owner: torch.Tensor,
+    query_column: torch.Tensor | None = None,
+    key_column: torch.Tensor | None = None,
+    isolate: bool = False,
+) -> torch.Tensor:
+    """The one mask rule the engine uses; the queries are the last ``Q`` of the ``L`` keys.
+
+    Without columns, slot order rules: ``Q == L`` is a prompt (:func:`prefill_mask`),
+    ``Q < L`` a decoding step whose tokens run in parallel after the cache
+    (:func:`step_mask`). With columns, the column-synchronous rule of
+    :func:`~paralleldecode.decoding.columnar.column_mask` serves both.
+
+    Args:
+        query_owner: ``(B, Q)``.
+        key_owner: ``(B, L)``.
+        query_column: ``(B, Q)`` or None.
+        key_column: ``(B, L)`` or None.
+        isolate: columnar rule only (see ``column_mask``).
+
+    Returns:
+        ``(B, Q, L)`` bool.
+    """
+    if query_column is not None:
+        from paralleldecode.decoding.columnar import column_mask
+
+        return column_mask(query_owner, query_column, key_owner, key_column, isolate)
+    q, length = query_owner.shape[1], key_owner.shape[1]
+    if q == length:
+        return prefill_mask(key_owner)
+    return step_mask(key_owner[:, : length - q], query_owner)
 
 
 def _pad_self(query_owner: torch.Tensor, kv_len: int, offset: int) -> torch.Tensor:
