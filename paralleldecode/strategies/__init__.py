@@ -1,6 +1,6 @@
 """Registry of comparison strategies; importing this package registers the built-in ones."""
 
-from paralleldecode.strategies import baselines, collab, trained  # noqa: F401  (registers them)
+from paralleldecode.strategies import baselines, collab, columnar, trained  # noqa: F401  (registers them)
 from paralleldecode.strategies.base import (
     ContextTooLongError,
     Cost,

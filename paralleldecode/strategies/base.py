@@ -22,10 +22,16 @@ from paralleldecode.decoding import (
     independent_rows,
     shared_prefix,
 )
+from paralleldecode.decoding.columnar import columnar_prompts
 from paralleldecode.metrics import score
 from paralleldecode.prompts import Message, Parsed, PromptRenderer, ReplyFormat
 
-LAYOUTS = {"rows": independent_rows, "shared_prefix": shared_prefix}
+LAYOUTS = {
+    "rows": independent_rows,
+    "shared_prefix": shared_prefix,
+    "columnar": lambda ids, pad: columnar_prompts(ids, pad, isolate=False),
+    "columnar_isolated": lambda ids, pad: columnar_prompts(ids, pad, isolate=True),
+}
 
 
 class UnknownStrategyError(ValueError):
@@ -162,8 +168,10 @@ class RunContext:
         the window, and generate the streams together.
 
         Args:
-            layout: ``"rows"`` (each stream its own padded row) or ``"shared_prefix"`` (one
-                row: the streams' common prefix once, then one branch per stream).
+            layout: ``"rows"`` (each stream its own padded row), ``"shared_prefix"`` (one
+                row: the streams' common prefix once, then one branch per stream), or
+                ``"columnar"`` / ``"columnar_isolated"`` (the common prefix as background,
+                branches decoded column by column under 2D positions; needs the 2D RoPE).
 
         Returns:
             each stream's whole reply (see :meth:`ReplyFormat.complete`), and the result.
