@@ -26,10 +26,6 @@ trained tensors are reduced across ranks by FSDP.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-import lightning as L
 import torch
 
 from paralleldecode.data.records import QuestionGroup
@@ -42,11 +38,13 @@ from paralleldecode.models.crossbatch_lm import (
     uses_mixer,
 )
 from paralleldecode.models.loading import DEFAULT_MODEL, load_causal_lm
-from paralleldecode.models.training import LoraSettings, trainable_state, trained_checkpoint_path
+from paralleldecode.models.training import LoraSettings
 from paralleldecode.prompts import ONE_ANSWER, PromptRenderer, one_question
 
+from lightning_modules.trained import TrainedWeightsModule
 
-class CrossBatchModule(L.LightningModule):
+
+class CrossBatchModule(TrainedWeightsModule):
     """Fit a trained method on question groups.
 
     Args:
@@ -106,35 +104,14 @@ class CrossBatchModule(L.LightningModule):
         if learning_rate <= 0:
             raise ValueError(f"model.learning_rate must be > 0, got {learning_rate}")
         self.save_hyperparameters()
-        # Trainable-only checkpoints: the base weights are not in them.
-        self.strict_loading = False
         self.net: CrossBatchLM | None = None
         self.renderer: PromptRenderer | None = None
         self.skipped_questions = 0
 
     # -- setup ----------------------------------------------------------------------------
 
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and not self.hparams.force and self.output_path().exists():
-            raise FileExistsError(
-                f"trained checkpoint {self.output_path()} exists; set model.force: true to "
-                "overwrite it, or change model.checkpoint_dir"
-            )
-
-    def output_path(self) -> Path:
-        """``{checkpoint_dir}/{dataset}/{model}_{method}.ckpt``."""
-        h = self.hparams
-        return trained_checkpoint_path(h.checkpoint_dir, self._dataset_name(), h.model_name, h.method)
-
-    def _dataset_name(self) -> str:
-        if self.hparams.checkpoint_dataset:
-            return self.hparams.checkpoint_dataset
-        dm = self._trainer.datamodule if self._trainer is not None else None
-        name = getattr(getattr(dm, "hparams", None), "dataset", None)
-        if not name:
-            raise ValueError("cannot name the checkpoint: set model.checkpoint_dataset or use a data module "
-                             "with a `dataset` setting (QAGroupsDataModule)")
-        return name
+    def checkpoint_method(self) -> str:
+        return self.hparams.method
 
     def configure_model(self) -> None:
         if self.net is not None:
@@ -234,18 +211,6 @@ class CrossBatchModule(L.LightningModule):
         self.log("train/skipped_questions", float(self.skipped_questions), on_step=True,
                  batch_size=size, reduce_fx="max")
         return loss.mixed
-
-    # -- checkpoints ----------------------------------------------------------------------
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = trainable_state(self, checkpoint["state_dict"])
-
-    def on_train_end(self) -> None:
-        path = self.output_path()
-        # Collective under DDP/FSDP (gathers shards); rank 0 writes.
-        self.trainer.save_checkpoint(path, weights_only=True)
-        if self.trainer.is_global_zero:
-            print(f"trained weights ({self.hparams.method}) written to {path}", flush=True)
 
 
 __all__ = ["METHODS", "CrossBatchModule"]
