@@ -10,6 +10,9 @@ ratio is the engine's per-step overhead.
 
     python benchmarks/strategy_speed.py                                   # demo set
     python benchmarks/strategy_speed.py --data ../shared/data/squad/dev-v1.1.json
+    # the columnar branch decoder (2D RoPE, column mask) against one_sequence on one workload:
+    python benchmarks/strategy_speed.py --sizes 5 --strategies batch,one_sequence,columnar \
+        --strategy-options '{"columnar": {"isolate": true}}'
 
 Prints a table per G with ratios against ``sequential`` and ``batch`` and writes JSON.
 """
@@ -84,6 +87,8 @@ def main() -> None:
                     help="passes over the groups; each rotates the strategy order")
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--strategies", default="sequential,batch,one_sequence")
+    ap.add_argument("--strategy-options", default="{}",
+                    help='JSON options per strategy, e.g. \'{"columnar": {"isolate": true}}\'')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16")
@@ -98,11 +103,13 @@ def main() -> None:
     dataset = "squad" if args.data else "demo"
     pool = load_groups(dataset, data_path=args.data)
     names = args.strategies.split(",")
-    strategies = [get_strategy(n) for n in names]
+    options = json.loads(args.strategy_options)
+    strategies = [get_strategy(n, options.get(n)) for n in names]
     # Warm up kernels and caches once so the first measured strategy is not penalised.
     strategies[0].run(groups_of_size(pool, 1, 1, args.seed)[0], ctx)
 
     report = {"model": args.model, "data": args.data or "demo", "max_new_tokens": args.max_new_tokens,
+              "strategy_options": options,
               "dtype": str(model.dtype), "torch_threads": torch.get_num_threads(), "sizes": {}}
     for g in (int(x) for x in args.sizes.split(",")):
         groups = groups_of_size(pool, g, args.groups, args.seed)
@@ -149,9 +156,10 @@ def summarise(rows, answers, bare: float, eng: float, n_groups: int) -> dict:
         for base in ("sequential", "batch"):
             if base in figures:
                 fig[f"speedup_vs_{base}"] = figures[base]["wall_per_group_s"] / fig["wall_per_group_s"]
-    if "batch" in answers and "one_sequence" in answers:
-        same = sum(a == b for a, b in zip(answers["batch"], answers["one_sequence"]))
-        figures["one_sequence"]["same_answers_as_batch"] = f"{same}/{len(answers['batch'])}"
+    for name in answers:
+        if "batch" in answers and name != "batch":
+            same = sum(a == b for a, b in zip(answers["batch"], answers[name]))
+            figures[name]["same_answers_as_batch"] = f"{same}/{len(answers['batch'])}"
     return {"groups": n_groups, "ceiling_ms_per_step": 1000 * bare, "engine_ms_per_step": 1000 * eng,
             "engine_overhead": eng / bare - 1, "strategies": figures}
 
