@@ -204,3 +204,25 @@ def test_columnar_layout_needs_the_2d_rotary_module(tiny_models):
     model, tok = load_causal_lm(str(tiny_models["llama"]))
     with pytest.raises(ValueError, match="2D rotary module.*install_rope2d"):
         DecodingEngine(model, tok).generate(columnar_layout(BG, BRANCHES, 0), GenerationConfig(max_new_tokens=2))
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_training_batch_scores_what_the_engine_decodes(tiny_models, isolate):
+    """The loss ColumnarModule trains on is taken at exactly the logits the engine decodes
+    from: same layout, mask and positions, targets = the tokens the engine generated."""
+    model, tok = _model(tiny_models["llama"])
+    res = DecodingEngine(model, tok).generate(
+        columnar_layout(BG, BRANCHES, 0, isolate),
+        GenerationConfig(max_new_tokens=5, eos_token_ids=(), output_logits=True))
+    finals = [b + s.token_ids for b, s in zip(BRANCHES, res.streams)]
+    masks = [[False] * len(b) + [True] * len(s.token_ids) for b, s in zip(BRANCHES, res.streams)]
+    batch = columnar_batch([(BG, finals, masks)], pad_id=tok.pad_token_id, isolate=isolate)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                       attention_mask=batch["attention_mask"]).logits
+    scored = batch["labels"] != -100
+    decoded = torch.cat([s.logits for s in res.streams])  # branch-major, like the slots
+    assert batch["labels"][scored].tolist() == [t for s in res.streams for t in s.token_ids]
+    torch.testing.assert_close(logits[scored], decoded, atol=1e-4, rtol=0)
+    expected = torch.nn.functional.cross_entropy(decoded, batch["labels"][scored])
+    torch.testing.assert_close(columnar_loss(logits, batch["labels"]), expected, atol=1e-5, rtol=0)
