@@ -33,6 +33,7 @@ def _predict(model: Path, root: Path, *extra: str) -> tuple[list[dict], dict]:
     return records, json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_ddp_gives_the_same_answers_once_each(tiny_models, tmp_path):
     model = tiny_models["llama"]

@@ -259,6 +259,7 @@ def test_configs_instantiate(config):
     assert isinstance(cli.datamodule, wanted)
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_ddp_two_cpu_processes(tiny_models, tmp_path, text_file):
     model = tiny_models["llama"]

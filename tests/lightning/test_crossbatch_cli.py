@@ -128,6 +128,7 @@ def _fit_subprocess(model: Path, root: Path, method: str, *extra: str) -> subpro
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_fit_under_ddp_on_two_cpu_processes(tiny_models, tmp_path):
     model = tiny_models["llama"]
@@ -139,6 +140,7 @@ def test_fit_under_ddp_on_two_cpu_processes(tiny_models, tmp_path):
     assert any(".lora_B." in k for k in state) and any(k.startswith("net.mixer.") for k in state)
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_fit_under_fsdp2_on_two_cpu_processes(tiny_models, tmp_path):
     model = tiny_models["llama"]
