@@ -24,7 +24,7 @@ from paralleldecode.decoding import (
 )
 from paralleldecode.decoding.columnar import columnar_prompts
 from paralleldecode.metrics import score
-from paralleldecode.prompts import Message, Parsed, PromptRenderer, ReplyFormat
+from paralleldecode.prompts import Message, Parsed, PromptRenderer, ReplyFormat, parse_answer
 
 LAYOUTS = {
     "rows": independent_rows,
@@ -252,6 +252,19 @@ class Strategy:
             forward_passes=forward_passes, latency_s=latency_s,
             answer_type=q.answer_type, options=q.options, error=error,
         )
+
+    def single_answers(
+        self, group: QuestionGroup, questions: list[Question], replies: list[str],
+        res: GenerationResult, latency_s: float,
+    ) -> list[QuestionResult]:
+        """Results of streams that each answered one question (``ONE_ANSWER`` replies):
+        ``questions[k]`` was answered by ``replies[k]``, stream ``k`` of ``res``."""
+        return [
+            self.result(group, q, reply, parse_answer(reply), s.finish_reason,
+                        prompt_tokens=s.prompt_tokens, generated_tokens=s.generated_tokens,
+                        forward_passes=res.forward_passes, latency_s=latency_s, error=s.error)
+            for q, s, reply in zip(questions, res.streams, replies)
+        ]
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}

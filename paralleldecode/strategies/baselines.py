@@ -19,7 +19,6 @@ from paralleldecode.prompts import (
     all_questions,
     conversation,
     one_question,
-    parse_answer,
     parse_answers,
 )
 from paralleldecode.strategies.base import Cost, GroupRun, RunContext, Strategy, Timer, register
@@ -55,12 +54,7 @@ class Sequential(Strategy):
         clock, cost, results, asked = Timer(), Cost(), [], []
         for q in group.questions:
             (reply,), res = ctx.generate(group, lambda g, q=q: [conversation(g, asked, q)], ONE_ANSWER)
-            s = res.streams[0]
-            results.append(self.result(
-                group, q, reply, parse_answer(reply), s.finish_reason,
-                prompt_tokens=s.prompt_tokens, generated_tokens=s.generated_tokens,
-                forward_passes=res.forward_passes, latency_s=clock(), error=s.error,
-            ))
+            results += self.single_answers(group, [q], [reply], res, clock())
             cost.add(res)
             asked.append((q, reply))
         cost.wall_seconds = clock()
@@ -77,12 +71,7 @@ class Batch(Strategy):
         replies, res = ctx.generate(group, lambda g: [one_question(g, q) for q in g.questions],
                                     ONE_ANSWER, layout=self.layout)
         wall = clock()
-        results = [
-            self.result(group, q, reply, parse_answer(reply), s.finish_reason,
-                        prompt_tokens=s.prompt_tokens, generated_tokens=s.generated_tokens,
-                        forward_passes=res.forward_passes, latency_s=wall, error=s.error)
-            for q, s, reply in zip(group.questions, res.streams, replies)
-        ]
+        results = self.single_answers(group, group.questions, replies, res, wall)
         cost = Cost(wall_seconds=wall)
         cost.add(res)
         return GroupRun(results, cost)

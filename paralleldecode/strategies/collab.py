@@ -25,9 +25,9 @@ from paralleldecode.data.records import QuestionGroup
 from paralleldecode.dependencies.graph import DependencyResult
 from paralleldecode.dependencies.html_view import write_group_html
 from paralleldecode.dependencies.llm import LLMDependencyGenerator
-from paralleldecode.dependencies.scheduler import layers, parents
+from paralleldecode.dependencies.scheduler import ideal_latency, layers, parents
 from paralleldecode.dependencies.selection import select_edges
-from paralleldecode.prompts import ONE_ANSWER, one_question, parse_answer
+from paralleldecode.prompts import ONE_ANSWER, one_question
 from paralleldecode.strategies.base import Cost, GroupRun, RunContext, Strategy, Timer, register
 
 _FIGURES = ("layers", "edges_kept", "edges_proposed", "dependency_tokens", "dependency_fallbacks")
@@ -74,35 +74,29 @@ class _Collab(Strategy):
                              min_confidence=self.min_confidence, cost_weight=self.cost_weight,
                              edge_cost=lambda e: added[e.source])
         plan, par = layers(n, edges), parents(n, edges)
-        answers: dict[int, str] = {}
-        results, layer_of, ideal = [None] * n, {}, dep_seconds
-        for depth, layer in enumerate(plan):
+        results, own_seconds = [None] * n, {}
+        for layer in plan:
             def build(g: QuestionGroup, layer=layer):
                 return [one_question(g, g.questions[i],
-                                     parents=[(g.questions[p], answers[p]) for p in par[i]])
+                                     parents=[(g.questions[p], results[p].answer) for p in par[i]])
                         for i in layer]
             replies, res = ctx.generate(group, build, ONE_ANSWER)
             cost.add(res)
-            ideal += max(s.finish_seconds for s in res.streams)
-            for i, s, reply in zip(layer, res.streams, replies):
-                parsed = parse_answer(reply)
-                answers[i], layer_of[i] = parsed.answer, depth
-                results[i] = self.result(
-                    group, group.questions[i], reply, parsed, s.finish_reason,
-                    prompt_tokens=s.prompt_tokens, generated_tokens=s.generated_tokens,
-                    forward_passes=res.forward_passes, latency_s=clock(), error=s.error,
-                )
+            done = self.single_answers(group, [group.questions[i] for i in layer], replies, res, clock())
+            for i, s, r in zip(layer, res.streams, done):
+                results[i], own_seconds[i] = r, s.finish_seconds
         cost.wall_seconds = clock()
         extras = {"layers": len(plan), "edges_kept": len(edges), "edges_proposed": len(dep.edges),
                   "dependency_tokens": dep.tokens, "dependency_fallbacks": int(dep.fallback)}
         if self.ideal:
-            extras["ideal_latency_s"] = ideal
+            extras["ideal_latency_s"] = dep_seconds + ideal_latency(plan, own_seconds)
         if self.html_dir:
-            self._write_html(group, edges, results, layer_of, cost, extras)
+            self._write_html(group, edges, results, cost, extras)
         return GroupRun(results, cost, extras)
 
-    def _write_html(self, group, edges, results, layer_of, cost, extras) -> None:
-        rows = [{**r.to_dict(), "layer": layer_of[i]} for i, r in enumerate(results)]
+    def _write_html(self, group, edges, results, cost, extras) -> None:
+        # The page lays the questions out by the layers of `edges`, the plan that ran.
+        rows = [r.to_dict() for r in results]
         costs = {"prompt tokens": cost.prompt_tokens, "generated tokens": cost.generated_tokens,
                  "forward passes": cost.forward_passes, "wall seconds": round(cost.wall_seconds, 3),
                  **extras}
