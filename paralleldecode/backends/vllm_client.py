@@ -9,20 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from dataclasses import dataclass
 
-
-@dataclass
-class VLLMResult:
-    """One conversation's reply, shaped like the API client's results."""
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
-    latency_s: float
-    attempts: int = 1
-    error: str | None = None
+from paralleldecode.backends.openai_api import ChatResult
 
 
 class VLLMClient:
@@ -63,8 +51,9 @@ class VLLMClient:
         return self._llm
 
     def chat_many(self, conversations, max_tokens: int = 256, temperature: float = 0.0,
-                  stop=None, seed: int | None = None) -> list[VLLMResult]:
-        """Generate a reply for every conversation in one vLLM call, in input order."""
+                  stop=None, seed: int | None = None) -> list[ChatResult]:
+        """Generate a reply for every conversation in one vLLM call, in input order (results
+        shaped like the API client's; ``latency_s`` is the whole call's)."""
         import vllm
 
         params = vllm.SamplingParams(max_tokens=max_tokens, temperature=temperature, stop=stop,
@@ -73,10 +62,10 @@ class VLLMClient:
         outputs = self._engine().chat(conversations, params, use_tqdm=False)
         wall = time.perf_counter() - start
         return [
-            VLLMResult(
+            ChatResult(
                 text=o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids or []),
                 completion_tokens=len(o.outputs[0].token_ids),
-                finish_reason=o.outputs[0].finish_reason or "stop", latency_s=wall,
+                finish_reason=o.outputs[0].finish_reason or "stop", latency_s=wall, attempts=1,
             )
             for o in outputs
         ]
