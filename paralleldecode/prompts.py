@@ -204,8 +204,9 @@ _NUMBERED = re.compile(r'^\s*"?(\d+)"?\s*[.):\-]?\s*:?\s*"?(.*?)"?,?\s*$')
 _NUMBERED_FIELD = re.compile(r'"(\d+)"\s*:\s*"((?:[^"\\]|\\.)*)')
 
 
-def _json_objects(text: str):
-    """Every JSON object that parses, scanning from each ``{`` in the text."""
+def json_objects(text: str):
+    """Every JSON object that parses, scanning from each ``{`` in the text (so one wrapped
+    in prose or code fences is found, and so are the objects nested in it)."""
     dec = json.JSONDecoder()
     for m in re.finditer(r"\{", text):
         try:
@@ -224,7 +225,7 @@ def _as_text(value) -> str:
 
 def parse_answer(text: str) -> Parsed:
     """Parse a single-question reply: ``{"answer": ...}`` strictly, else tolerantly."""
-    for obj in _json_objects(text):
+    for obj in json_objects(text):
         if "answer" in obj:
             return Parsed(_as_text(obj["answer"]), True)
     m = _ANSWER_FIELD.search(text)
@@ -242,7 +243,7 @@ def parse_answers(text: str, n: int) -> list[Parsed]:
     (``1. ...``) are read; a question with no answer found gets ``""``; all of these count
     as format failures.
     """
-    for obj in _json_objects(text):
+    for obj in json_objects(text):
         table = obj.get("answers", obj)
         if isinstance(table, list):
             table = {str(i + 1): v for i, v in enumerate(table)}

@@ -21,12 +21,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from paralleldecode.backends.openai_api import ChatResult, OpenAIClient
+from paralleldecode.backends.openai_api import ChatResult, OpenAIClient, one_line
+from paralleldecode.prompts import json_objects
 
 CRITERIA: tuple[str, ...] = ("fluency", "relevance", "completeness", "proficiency")
 
 _LOW, _HIGH = 1, 5
-_EXCERPT_CHARS = 200
 
 _SYSTEM_PROMPT = (
     "You grade answers for an evaluation. You compare a candidate answer with a reference "
@@ -66,28 +66,13 @@ class JudgeScore:
     cached: bool = False
 
 
-def _excerpt(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= _EXCERPT_CHARS else flat[:_EXCERPT_CHARS] + "..."
-
-
 def _find_scores_object(reply: str) -> dict | None:
     """The first JSON object in the reply that names a criterion, or None.
 
     Judges wrap their JSON in code fences or a sentence of preamble often enough that
     demanding a bare object would throw good verdicts away.
     """
-    decoder = json.JSONDecoder()
-    start = reply.find("{")
-    while start != -1:
-        try:
-            value, _ = decoder.raw_decode(reply, start)
-        except ValueError:
-            value = None
-        if isinstance(value, dict) and any(name in value for name in CRITERIA):
-            return value
-        start = reply.find("{", start + 1)
-    return None
+    return next((obj for obj in json_objects(reply) if any(name in obj for name in CRITERIA)), None)
 
 
 def _criterion_value(value: object) -> float | None:
@@ -118,12 +103,12 @@ def parse_judge_reply(reply: str) -> JudgeScore:
     """
     found = _find_scores_object(reply)
     if found is None:
-        return JudgeScore(error=f"no JSON object with scores in judge reply: {_excerpt(reply)!r}")
+        return JudgeScore(error=f"no JSON object with scores in judge reply: {one_line(reply)!r}")
     scores = {name: _criterion_value(found.get(name)) for name in CRITERIA}
     bad = [name for name, value in scores.items() if value is None]
     if bad:
         return JudgeScore(
-            error=f"missing or invalid {', '.join(bad)} in judge reply: {_excerpt(reply)!r}"
+            error=f"missing or invalid {', '.join(bad)} in judge reply: {one_line(reply)!r}"
         )
     return JudgeScore(**scores)
 

@@ -86,7 +86,7 @@ class _AttemptFailed(Exception):
         self.retry_after = retry_after
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """The text on one line, cut to an excerpt short enough for a log or a results file."""
     flat = " ".join(text.split())
     return flat if len(flat) <= _EXCERPT_CHARS else flat[:_EXCERPT_CHARS] + "..."
@@ -114,7 +114,7 @@ def _parse_reply(raw: bytes) -> tuple[str, str, int, int]:
             proxies sometimes answer 200 with an HTML page or an ``{"error": ...}`` object
             that a second try gets past.
     """
-    excerpt = _one_line(raw.decode("utf-8", errors="replace"))
+    excerpt = one_line(raw.decode("utf-8", errors="replace"))
     try:
         body = json.loads(raw)
     except ValueError:
@@ -313,15 +313,15 @@ class OpenAIClient:
             body = ""
         retryable = err.code == 429 or err.code >= 500
         return _AttemptFailed(
-            f"HTTP {err.code}", retryable, _one_line(body), _retry_after(err.headers)
+            f"HTTP {err.code}", retryable, one_line(body), _retry_after(err.headers)
         )
 
     def _describe(self, err: object) -> str:
         if isinstance(err, TimeoutError):
             return f"timed out after {self.timeout:g} s"
         if isinstance(err, BaseException):
-            return _one_line(f"{type(err).__name__}: {err}")
-        return _one_line(str(err))
+            return one_line(f"{type(err).__name__}: {err}")
+        return one_line(str(err))
 
     def _wait(self, attempt: int, retry_after: float | None) -> float:
         wait = retry_after if retry_after is not None else self.backoff * 2**attempt
