@@ -22,10 +22,7 @@ from collections.abc import Callable
 from paralleldecode.data.records import QuestionGroup
 from paralleldecode.decoding import GenerationConfig, GenerationResult, StreamResult
 from paralleldecode.prompts import Message, ReplyFormat
-
-
-class StrategyUnavailableError(ValueError):
-    """A strategy needs something this back-end cannot give (hidden states, a KV cache)."""
+from paralleldecode.strategies.base import StrategyUnavailable
 
 
 class RemoteContext:
@@ -56,7 +53,7 @@ class RemoteContext:
         """Send one chat request per stream; see the module docstring for the differences."""
         del reply  # not primed remotely; parsing handles whole replies
         if layout != "rows":
-            raise StrategyUnavailableError(
+            raise StrategyUnavailable(
                 f"layout {layout!r} needs token-level access to a local model; the {self.name} "
                 "back-end runs independent requests only"
             )

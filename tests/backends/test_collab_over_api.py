@@ -12,7 +12,7 @@ from paralleldecode.backends.remote import RemoteContext
 from paralleldecode.data.records import Question, QuestionGroup
 from paralleldecode.decoding import GenerationConfig
 from paralleldecode.dependencies.llm import LLMDependencyGenerator
-from paralleldecode.strategies import get_strategy
+from paralleldecode.strategies import StrategyUnavailable, get_strategy
 
 GROUP = QuestionGroup("g", "demo", [
     Question("q1", "Who designed the Carrow bridge?", ["Maud Feren"]),
@@ -68,3 +68,10 @@ def test_collab_llm_answers_layer_by_layer_with_parents_answers(chat_server):
     assert "Answers to earlier questions" not in parentless
     # The dependency step's tokens are part of the strategy's cost.
     assert run.cost.prompt_tokens == 40 + 3 * 30 and run.cost.forward_passes == 1 + 3
+
+
+def test_layouts_needing_a_local_model_make_the_strategy_unavailable(chat_server):
+    # The runner skips a strategy that raises StrategyUnavailable instead of failing the run.
+    with pytest.raises(StrategyUnavailable, match="layout 'shared_prefix' needs token-level access"):
+        get_strategy("one_sequence").run(GROUP, _ctx(chat_server))
+    assert chat_server.requests == []
