@@ -24,14 +24,15 @@ from paralleldecode.backends.openai_api import OpenAIClient
 from paralleldecode.backends.remote import RemoteContext
 from paralleldecode.backends.vllm_client import VLLMClient
 from paralleldecode.decoding import DecodingEngine, GenerationConfig
-from paralleldecode.metrics import FormatRate, MeanScore, spaced
+from paralleldecode.metrics import METRICS_BY_TYPE, FormatRate, MeanScore, spaced
 from paralleldecode.models.loading import DEFAULT_MODEL, load_causal_lm
 from paralleldecode.prompts import PromptRenderer
 from paralleldecode.strategies import GroupRun, RunContext, StrategyUnavailable, get_strategy
 
 from lightning_modules.writer import PredictionWriter
 
-_MEAN_SCORES = ("em", "f1", "lenient", "accuracy", "rouge1", "rouge2", "rougeL")
+# Every per-answer score is averaged, except BLEU-4: that one is pooled over the corpus.
+_MEAN_SCORES = tuple(k for keys in METRICS_BY_TYPE.values() for k in keys if k != "bleu4")
 _COSTS = ("questions", "prompt_tokens", "generated_tokens", "forward_passes", "wall_seconds")
 
 

@@ -18,8 +18,8 @@ import unicodedata
 from collections.abc import Sequence
 
 from paralleldecode.metrics.qa import normalize_answer, score_answer
+from paralleldecode.prompts import LETTERS  # the letters the options were shown with
 
-LETTERS = "ABCDEFGHIJ"
 METRICS_BY_TYPE = {
     "short": ("em", "f1", "lenient"),
     "choice": ("accuracy",),
