@@ -92,11 +92,6 @@ def load_columnar_checkpoint(path: str | os.PathLike, model: nn.Module) -> nn.Mo
     if foreign:
         raise ValueError(f"checkpoint {path}: state_dict keys must start with {STATE_PREFIX!r}; "
                          f"got e.g. {foreign[:3]}")
-    try:
-        load_trained_state(model, {k[len(STATE_PREFIX):]: v for k, v in state.items()}, path)
-    except RuntimeError as err:  # shape mismatches: another base model
-        raise ValueError(
-            f"checkpoint {path} was trained on {hp['model_name']!r}; its tensors do not fit this "
-            f"model: {str(err).strip().splitlines()[-1].strip()}"
-        ) from err
+    load_trained_state(model, {k[len(STATE_PREFIX):]: v for k, v in state.items()}, path,
+                       trained_on=hp["model_name"])
     return model

@@ -107,12 +107,9 @@ class CrossBatchLM(nn.Module):
         Returns:
             :class:`MixLoss`.
         """
-        decoder = self.lm.get_decoder()
         with torch.set_grad_enabled(grad_through_base and torch.is_grad_enabled()):
-            out = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                          output_hidden_states=self.mix_layer != -1, use_cache=False)
-            hidden = out.last_hidden_state if self.mix_layer == -1 else \
-                decoder.norm(out.hidden_states[self.mix_layer])
+            hidden = states_to_mix(self.lm, self.mix_layer, input_ids=input_ids,
+                                   attention_mask=attention_mask, use_cache=False)
         states = hidden[answer_slots[:, 0], answer_slots[:, 1]]  # (N, D)
         head = self.lm.get_output_embeddings()
         plain = nn.functional.cross_entropy(head(states).float(), answer_ids)
@@ -121,6 +118,18 @@ class CrossBatchLM(nn.Module):
         mixed_states = self.mixer(states.to(_dtype(self.mixer, states)), step_groups).to(states.dtype)
         mixed = nn.functional.cross_entropy(head(mixed_states).float(), answer_ids)
         return MixLoss(mixed, plain, int(answer_ids.numel()))
+
+
+def states_to_mix(lm: nn.Module, mix_layer: int, **inputs) -> torch.Tensor:
+    """The ``(B, T, D)`` hidden states a cross-batch module mixes, ready for the LM head.
+
+    One rule for training (:class:`CrossBatchLM`) and decoding (the engine's mixing hook):
+    ``mix_layer == -1`` takes the decoder's output (after its final norm); an earlier layer's
+    output gets the final norm applied. ``inputs`` go to ``lm``'s decoder as they are.
+    """
+    decoder = lm.get_decoder()
+    out = decoder(**inputs, output_hidden_states=mix_layer != -1)
+    return out.last_hidden_state if mix_layer == -1 else decoder.norm(out.hidden_states[mix_layer])
 
 
 def _dtype(module: nn.Module, fallback: torch.Tensor) -> torch.dtype:
@@ -195,7 +204,7 @@ def load_crossbatch_checkpoint(path: str | os.PathLike, lm: nn.Module,
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     if not state:
         raise ValueError(f"checkpoint {path} holds no trained tensors")
-    load_trained_state(net, state, path)
+    load_trained_state(net, state, path, trained_on=hp.get("model_name"))
     net.requires_grad_(False)
     net.eval()
     return net, hp

@@ -129,14 +129,27 @@ def trainable_state(module: nn.Module, state_dict: dict[str, torch.Tensor]) -> d
     return {k: v for k, v in state_dict.items() if k in keep}
 
 
-def load_trained_state(module: nn.Module, state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+def load_trained_state(module: nn.Module, state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
+                       trained_on: str | None = None) -> None:
     """Load a trainable-only state dict into an already rebuilt ``module``.
+
+    Args:
+        trained_on: the base model the checkpoint was trained on (its ``model_name``), named
+            when the tensors do not fit.
 
     Raises:
         ValueError: a saved tensor has no place in ``module`` (a different method, base model
-            or adapter setting), naming the checkpoint and the first unmatched keys.
+            or adapter setting), naming the checkpoint and the first unmatched keys; or a
+            tensor's shape differs (another base model), naming the one it was trained on.
     """
-    result = module.load_state_dict(state_dict, strict=False)
+    try:
+        result = module.load_state_dict(state_dict, strict=False)
+    except RuntimeError as err:  # shape mismatches: another base model
+        origin = repr(trained_on) if trained_on else "another base model"
+        raise ValueError(
+            f"checkpoint {path} was trained on {origin}; its tensors do not fit this model: "
+            f"{str(err).strip().splitlines()[-1].strip()}"
+        ) from err
     if result.unexpected_keys:
         raise ValueError(
             f"checkpoint {path}: {len(result.unexpected_keys)} saved tensors do not fit this model "

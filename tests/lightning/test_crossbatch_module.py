@@ -108,6 +108,13 @@ def test_checkpoint_holds_only_trained_weights_and_reloads_identically(tiny_mode
     with pytest.raises(ValueError, match="expected 'baseline'" if method != "baseline" else "expected 'crossbatch'"):
         load_crossbatch_checkpoint(path, load_causal_lm(str(tiny_models["llama"]))[0],
                                    expected_method="baseline" if method != "baseline" else "crossbatch")
+    # Another base model (narrower layers): a clear error naming the one it was trained on.
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2))
+    with pytest.raises(ValueError, match="trained on .*tiny-llama.*do not fit this model"):
+        load_crossbatch_checkpoint(path, other)
 
 
 def test_existing_checkpoint_is_kept_unless_forced(tiny_models, tmp_path):
