@@ -286,10 +286,8 @@ def columnar_layout(background: list[int], branches: list[list[int]], pad_id: in
         stream_row=torch.zeros(len(branches), dtype=torch.long),
         last_slot=torch.tensor(last),
         next_position=lengths,
-        prompt_tokens=lengths.clone(),
         isolate=isolate,
         pending=[list(toks[take[b]:]) for b, toks in enumerate(branches)],
-        stream_branch=torch.arange(1, len(branches) + 1),
     )
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from paralleldecode.decoding.layout import PAD, SHARED, Layout, additive, layout_mask
+from paralleldecode.models.crossbatch_lm import states_to_mix
 
 
 @dataclass
@@ -255,7 +256,8 @@ class DecodingEngine:
             finished=[0.0] * n,
             logits=[[] for _ in range(n)],
         )
-        branch = layout.stream_branch.to(dev) if layout.stream_branch is not None else None
+        branch = layout.stream_branch
+        branch = branch.to(dev) if branch is not None else None
         # Columnar branches see each other: a stopped branch's last token is fed once more
         # so the others see it, as in training (isolated branches never look).
         feed_last = layout.columnar and not layout.isolate
@@ -340,9 +342,7 @@ class DecodingEngine:
                       past_key_values=cache, use_cache=True)
         if self.mixer is None:
             return self.model(**kwargs, logits_to_keep=logits_to_keep).logits.float()
-        decoder = self.model.get_decoder()
-        out = decoder(**kwargs, output_hidden_states=self.mix_layer != -1)
-        hidden = out.last_hidden_state if self.mix_layer == -1 else decoder.norm(out.hidden_states[self.mix_layer])
+        hidden = states_to_mix(self.model, self.mix_layer, **kwargs)
         if isinstance(logits_to_keep, torch.Tensor):
             return hidden[:, logits_to_keep]
         return hidden if logits_to_keep == 0 else hidden[:, -logits_to_keep:]

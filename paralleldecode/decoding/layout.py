@@ -42,8 +42,9 @@ class Layout:
         stream_row: ``(S,)`` row of each stream.
         last_slot: ``(S,)`` column of each stream's last prompt token in its row: the
             logits there give the stream's first generated token.
-        next_position: ``(S,)`` position (column) of each stream's first generated token.
-        prompt_tokens: ``(S,)`` tokens of each stream's own prompt (shared ones included).
+        next_position: ``(S,)`` position (column) of each stream's first generated token;
+            positions count each stream's prompt from 0, so this is also its prompt length
+            (:attr:`prompt_tokens`).
         stream_group: ``(S,)`` which streams belong together for cross-batch mixing (the
             engine's ``mixer`` mixes only within a group); by default all streams are one
             group.
@@ -52,8 +53,6 @@ class Layout:
         pending: per stream, prompt tokens that are not in the prefill but fed one per
             decoding step before the stream starts generating (columnar layouts keep every
             step's tokens in one column); None = none.
-        stream_branch: ``(S,)`` branch id of each stream, the second coordinate of its 2D
-            positions; set exactly when ``position_ids`` is 2D.
     """
 
     input_ids: torch.Tensor
@@ -62,20 +61,15 @@ class Layout:
     stream_row: torch.Tensor
     last_slot: torch.Tensor
     next_position: torch.Tensor
-    prompt_tokens: torch.Tensor
     stream_group: torch.Tensor | None = None
     isolate: bool = False
     pending: list[list[int]] | None = None
-    stream_branch: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.stream_group is None:
             self.stream_group = torch.zeros(self.stream_row.numel(), dtype=torch.long)
         if self.pending is None:
             self.pending = [[] for _ in range(self.num_streams)]
-        if (self.position_ids.dim() == 3) != (self.stream_branch is not None):
-            raise ValueError("a Layout with 2D position_ids (B, T, 2) needs stream_branch, and "
-                             "only such a layout takes it")
 
     @property
     def columnar(self) -> bool:
@@ -86,6 +80,19 @@ class Layout:
     def columns(self) -> torch.Tensor | None:
         """``(B, T)`` column of each slot for a columnar layout, else None."""
         return self.position_ids[..., 0] if self.columnar else None
+
+    @property
+    def stream_branch(self) -> torch.Tensor | None:
+        """``(S,)`` branch id of each stream (the second coordinate of its 2D positions, read
+        at its last prompt slot) for a columnar layout, else None."""
+        if not self.columnar:
+            return None
+        return self.position_ids[self.stream_row, self.last_slot, 1]
+
+    @property
+    def prompt_tokens(self) -> torch.Tensor:
+        """``(S,)`` tokens of each stream's own prompt (shared ones included)."""
+        return self.next_position
 
     @property
     def num_streams(self) -> int:
@@ -124,8 +131,7 @@ def independent_rows(sequences: list[list[int]], pad_id: int) -> Layout:
         owner=owner,
         stream_row=torch.arange(n),
         last_slot=torch.full((n,), t - 1, dtype=torch.long),
-        next_position=lengths.clone(),
-        prompt_tokens=lengths.clone(),
+        next_position=lengths,
     )
 
 
@@ -266,5 +272,4 @@ def shared_prefix(sequences: list[list[int]], pad_id: int) -> Layout:
         stream_row=torch.zeros(len(suffixes), dtype=torch.long),
         last_slot=torch.tensor(last),
         next_position=lengths,
-        prompt_tokens=lengths.clone(),
     )

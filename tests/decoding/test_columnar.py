@@ -175,7 +175,8 @@ def test_columnar_steps_and_prefill(tiny_models):
     engine = DecodingEngine(model, tok)
     lay = columnar_layout(BG, BRANCHES, 0)
     assert lay.input_ids.shape[1] == len(BG) + 3 * 2 and lay.pending == [[23], [33, 34, 35, 36], []]
-    assert lay.next_position.tolist() == [8, 11, 7]
+    assert lay.next_position.tolist() == [8, 11, 7] and lay.prompt_tokens.tolist() == [8, 11, 7]
+    assert lay.stream_branch.tolist() == [1, 2, 3]  # stream i is branch i + 1
     res = engine.generate(lay, GenerationConfig(max_new_tokens=3, eos_token_ids=()))
     assert [s.generated_tokens for s in res.streams] == [3, 3, 3]
     # Every prompt token counts once, whether the prefill or a step computed it.
