@@ -127,11 +127,16 @@ class _CrossBatchSource(nn.Module):
         Returns:
             ``(B, D)``; rows without partners (``B == 1``, singleton groups) equal the input.
         """
+        return self.mix(hidden, groups, self.combine)
+
+    def mix(self, hidden: torch.Tensor, groups: torch.Tensor | None, combine) -> torch.Tensor:
+        """``combine(hidden, info)`` for rows with partners; the input row, exactly, for the
+        others (``B == 1``, singleton groups). Both combinations go through here."""
         _check_input(hidden, groups, self.hidden_size)
         if hidden.shape[0] == 1:
             return hidden.clone()
         has_partner = partner_mask(hidden.shape[0], groups, hidden.device).any(dim=1)
-        out = self.combine(hidden, self.info(hidden, groups))
+        out = combine(hidden, self.info(hidden, groups))
         return torch.where(has_partner[:, None], out, hidden)
 
 
@@ -310,8 +315,6 @@ class CrossBatchMixer(nn.Module):
         super().__init__()
         _check_choice("module", module, MODULES)
         _check_choice("combine", combine, COMBINES)
-        self.module_name = module
-        self.combine_mode = combine
         self.hidden_size = hidden_size
         learn = combine == "scale"
         if module == "attention":
@@ -348,10 +351,8 @@ class CrossBatchMixer(nn.Module):
         """
         if self.gate is None:
             return self.source(hidden, groups)
-        _check_input(hidden, groups, self.hidden_size)
-        if hidden.shape[0] == 1:
-            return hidden.clone()
-        info = self.info(hidden, groups)
-        out = hidden + self.gate_values(hidden, info) * info
-        has_partner = partner_mask(hidden.shape[0], groups, hidden.device).any(dim=1)
-        return torch.where(has_partner[:, None], out, hidden)
+        return self.source.mix(hidden, groups, self._gated)
+
+    def _gated(self, hidden: torch.Tensor, info: torch.Tensor) -> torch.Tensor:
+        """``hidden + g * info`` with the question-aware gate, both ``(B, D)``."""
+        return hidden + self.gate_values(hidden, info) * info
