@@ -196,11 +196,12 @@ class ColumnarModule(TrainedWeightsModule):
         if self.model is not None:
             return
         h = self.hparams
+        if h.init_checkpoint:  # before loading weights: a mismatch fails at once
+            self._check_init_checkpoint(h.init_checkpoint)
         device = self.trainer.strategy.root_device if self._trainer is not None else None
         model, self.tokenizer = load_causal_lm(h.model_name, dtype=self._weights_dtype(), device=device,
                                                attn_implementation=h.attn_implementation)
         if h.init_checkpoint:
-            self._check_init_checkpoint(h.init_checkpoint)
             model = load_columnar_checkpoint(h.init_checkpoint, model)
         else:
             model = prepare_columnar_model(model, h.pair_indices, self.lora_settings, h.untie_lm_head)
