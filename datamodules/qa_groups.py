@@ -12,25 +12,10 @@ import os
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from paralleldecode.data.records import DataError, QuestionGroup
 from paralleldecode.data.registry import check_options, dataset_names, load_groups
-
-
-class _Groups(Dataset):
-    def __init__(self, groups: list[QuestionGroup]) -> None:
-        self.groups = groups
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    def __getitem__(self, i: int) -> QuestionGroup:
-        return self.groups[i]
-
-
-def _as_list(batch: list[QuestionGroup]) -> list[QuestionGroup]:
-    return batch
 
 
 class QAGroupsDataModule(L.LightningDataModule):
@@ -88,11 +73,12 @@ class QAGroupsDataModule(L.LightningDataModule):
             options=h.dataset_options,
         )
 
+    # The list of groups is the map-style dataset; `collate_fn=list` keeps a batch a plain list.
     def train_dataloader(self) -> DataLoader:
         """Shuffled (seeded per epoch by Lightning's sampler seeding) batches of groups."""
-        return DataLoader(_Groups(self.groups), batch_size=self.hparams.batch_size,
-                          shuffle=True, collate_fn=_as_list)
+        return DataLoader(self.groups, batch_size=self.hparams.batch_size, shuffle=True,
+                          collate_fn=list)
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(_Groups(self.groups), batch_size=self.hparams.batch_size,
-                          shuffle=False, collate_fn=_as_list)
+        return DataLoader(self.groups, batch_size=self.hparams.batch_size, shuffle=False,
+                          collate_fn=list)

@@ -21,27 +21,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from paralleldecode.data.records import DataError
 
 TEXT_SUFFIXES = (".txt", ".tokens", ".md", ".text", ".raw")
 _UNSET_VAR = re.compile(r"\$\{?(\w+)\}?")
-
-
-class _Samples(Dataset):
-    def __init__(self, samples: list[dict[str, Any]]) -> None:
-        self.samples = samples
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.samples[i]
-
-
-def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return batch
 
 
 def expand_path(text: str) -> str:
@@ -200,7 +185,6 @@ class TextBranchesDataModule(L.LightningDataModule):
         if not source or not str(source).strip():
             raise DataError("data.source is empty; give a text file, a folder or a hub dataset id")
         self.samples: list[dict[str, Any]] | None = None
-        self.tokenizer = None
 
     @property
     def sample_tokens(self) -> int:
@@ -253,8 +237,8 @@ class TextBranchesDataModule(L.LightningDataModule):
 
         h = self.hparams
         docs, from_hub = self._documents()
-        self.tokenizer = load_tokenizer(self._tokenizer_name())
-        sep = self.tokenizer.eos_token_id
+        tokenizer = load_tokenizer(self._tokenizer_name())
+        sep = tokenizer.eos_token_id
         need = None if h.max_samples is None or not from_hub else h.max_samples * self.sample_tokens
         ids: list[int] = []
         for doc in docs:
@@ -263,7 +247,7 @@ class TextBranchesDataModule(L.LightningDataModule):
             # Long files are tokenised in blocks cut at line ends: one call on megabytes of
             # text is slow and some tokenizers warn about the length.
             for block in _blocks(doc):
-                ids.extend(self.tokenizer(block, add_special_tokens=False)["input_ids"])
+                ids.extend(tokenizer(block, add_special_tokens=False)["input_ids"])
             if sep is not None:
                 ids.append(sep)  # files and dataset rows are separate texts
             if need is not None and len(ids) >= need:
@@ -287,8 +271,9 @@ class TextBranchesDataModule(L.LightningDataModule):
         """Shuffled batches (Lightning seeds the sampler; under DDP each rank gets a share)."""
         if self.samples is None:
             self.setup("fit")
-        return DataLoader(_Samples(self.samples), batch_size=self.hparams.batch_size, shuffle=True,
-                          collate_fn=_as_list)
+        # The list is the map-style dataset; `collate_fn=list` keeps a batch a plain list.
+        return DataLoader(self.samples, batch_size=self.hparams.batch_size, shuffle=True,
+                          collate_fn=list)
 
 
 def _blocks(text: str, chars: int = 100_000) -> Iterator[str]:
