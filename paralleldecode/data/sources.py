@@ -36,11 +36,13 @@ class Source:
         document: the parsed JSON when the file held one JSON value (object or list).
         records: ``(location, record)`` pairs for row containers (JSON lines, parquet,
             ``datasets.Dataset``, hub), and for a JSON list (``item[i]``).
+        from_hub: the records were loaded from the hub, so the split asked for applies.
     """
 
     origin: str
     document: Any = None
     records: list[tuple[str, Any]] | None = None
+    from_hub: bool = False
 
     def rows(self, *, single_record: bool = False,
              non_empty: bool = False) -> list[tuple[str, Any]]:
@@ -126,6 +128,8 @@ def _read_file(path: Path, dataset: str, accepted: str | None) -> Source:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"{origin}: not UTF-8 text (JSON, JSON lines) or parquet") from err
+    except OSError as err:  # a folder, no permission
+        raise DataError(f"{origin} cannot be read: {err}") from err
     if not text.strip():
         return Source(origin, records=[])
     try:
@@ -158,7 +162,7 @@ def _read_hub(hub_id: str, dataset: str, split: str, hub_config: str | None) -> 
             f"local file path as data_path"
         ) from err
     origin = f"{dataset} hub {name}[{split}]"
-    return Source(origin, records=[(f"row {i}", r) for i, r in enumerate(ds)])
+    return Source(origin, records=[(f"row {i}", r) for i, r in enumerate(ds)], from_hub=True)
 
 
 def field(record: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:

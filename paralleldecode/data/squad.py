@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
-# with_id is also imported from here by the demo and tasks adapters.
 from paralleldecode.data.sources import read_source, with_id
 
 DATASET = "squad"
@@ -77,7 +76,7 @@ def load_squad(source: str | os.PathLike[str] | Iterable[Mapping[str, Any]],
         _document_items(src.document, src.origin)
     label = str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
     groups = _group_by_context(items, src.origin, label)
-    if " hub " in src.origin:
+    if src.from_hub:
         for group in groups:
             group.metadata["split"] = split
     return groups

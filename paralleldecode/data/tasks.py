@@ -28,7 +28,7 @@ from typing import Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
 from paralleldecode.data.squad import require
-from paralleldecode.data.sources import with_id
+from paralleldecode.data.sources import read_source, with_id
 
 RETRIEVAL = "retrieval"
 MULTIDOC = "multidoc"
@@ -564,7 +564,8 @@ def load_groups_jsonl(path: str | os.PathLike[str], dataset: str) -> list[Questi
     Each line is ``{"id": str, "background": str, "questions": [{"id": str, "question": str,
     "answers": [str, ...], "metadata": {...}?}, ...], "metadata": {...}?}``. Metadata is kept
     as it is, so writing groups with `write_groups_jsonl` and reading them back gives equal
-    groups.
+    groups. The file is read by :func:`~paralleldecode.data.sources.read_source`, so a JSON
+    list of such groups is read too.
 
     Args:
         path: the file.
@@ -575,39 +576,27 @@ def load_groups_jsonl(path: str | os.PathLike[str], dataset: str) -> list[Questi
             has another type, a group has no questions, or an id repeats. The message names
             the file, the line, the group id and the key.
     """
-    source = Path(path).expanduser()
-    origin = f"{dataset} file {source}"
-    try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{origin} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{origin} cannot be read: {err}") from err
+    # A Path, not a str: a missing user file must be reported, never looked up on the hub.
+    source = read_source(Path(path), dataset)
     groups: list[QuestionGroup] = []
-    group_lines: dict[str, int] = {}
-    question_lines: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{origin}: line {number} is not valid JSON: {err}") from None
-        where = with_id(f"{origin}: line {number}", record)
+    group_lines: dict[str, str] = {}
+    question_lines: dict[str, str] = {}
+    for location, record in source.rows(single_record=True):
+        where = with_id(f"{source.origin}: {location}", record)
         group = _read_group(record, where, dataset)
-        _claim(group_lines, group.id, number, where, "group")
+        _claim(group_lines, group.id, location, where, "group")
         for q in group.questions:
-            _claim(question_lines, q.id, number, where, "question")
+            _claim(question_lines, q.id, location, where, "question")
         groups.append(group)
     if not groups:
-        raise DataError(f"{origin} holds no groups")
+        raise DataError(f"{source.origin} holds no groups")
     return groups
 
 
-def _claim(used: dict[str, int], key: str, number: int, where: str, what: str) -> None:
+def _claim(used: dict[str, str], key: str, location: str, where: str, what: str) -> None:
     if key in used:
-        raise DataError(f"{where}: {what} id {key!r} was already used on line {used[key]}")
-    used[key] = number
+        raise DataError(f"{where}: {what} id {key!r} was already used on {used[key]}")
+    used[key] = location
 
 
 def _read_group(record: Any, where: str, dataset: str) -> QuestionGroup:

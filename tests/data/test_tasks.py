@@ -135,6 +135,9 @@ def test_user_file_minimal(tmp_path):
     [group] = load_groups("multidoc", data_path=str(path))
     assert (group.id, group.dataset, group.metadata) == ("g1", "multidoc", {})
     assert group.questions[0].answers == ["Oslo"]
+    # The file is read like every data set's, so a JSON list of groups reads the same.
+    path.write_text(json.dumps([GOOD]), encoding="utf-8")
+    assert load_groups_jsonl(path, "multidoc") == [group]
 
 
 @pytest.mark.parametrize("line2, message", [
@@ -167,6 +170,8 @@ def test_missing_and_empty_files(tmp_path):
         load_groups("planning", data_path=str(tmp_path / "absent.jsonl"))
     with pytest.raises(DataError, match=r"planning file .*groups\.jsonl holds no groups"):
         load_groups_jsonl(_write_lines(tmp_path, [" "]), "planning")
+    with pytest.raises(DataError, match=r"planning file .* cannot be read"):
+        load_groups_jsonl(tmp_path, "planning")
 
 
 def test_writer_refuses_groups_the_layout_cannot_hold(tmp_path):
