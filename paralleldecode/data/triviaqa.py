@@ -30,16 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
 from paralleldecode.data.registry import register_dataset
-# The embedded encoder is resolved where the package's other models are.
-from paralleldecode.models.encoders import (  # noqa: F401 - re-exported for callers
-    EMBEDDED_ENCODER,
-    EMBEDDED_ENCODER_HUB_ID,
-    EMBEDDED_ENCODER_PACKAGE,
-    embedded_encoder_path,
-    encoder_candidates,
-)
 from paralleldecode.data.sources import (Source, field, optional_field, read_source, strings,
                                          with_id)
+# The embedded encoder is resolved where the package's other models are.
+from paralleldecode.models.encoders import EMBEDDED_ENCODER, encoder_candidates
 
 if TYPE_CHECKING:
     # Only for annotations: the registry imports this module, and importing torch there

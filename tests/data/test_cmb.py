@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from data_helpers import containers
 
 import paralleldecode.data.cmb  # noqa: F401 - registers "cmb"
 from paralleldecode.data.records import DataError
@@ -39,23 +40,6 @@ GROUPED = [
     {"context": "高血压病人的管理要点如下……", "questions": EXAM[:2]},
     {"context": "糖尿病的诊断标准如下……", "questions": EXAM[6:9]},
 ]
-
-
-def _containers(tmp_path: Path, rows: list[dict]) -> list:
-    """The same rows as a JSON list, JSON lines, parquet, a Dataset and a plain list."""
-    datasets = pytest.importorskip("datasets")
-    pq = pytest.importorskip("pyarrow.parquet")
-    import pyarrow
-
-    # Extensions deliberately mislead: the layout must be read from the content.
-    as_list = tmp_path / "rows.jsonl"
-    as_list.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    as_lines = tmp_path / "rows.json"
-    as_lines.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n",
-                        encoding="utf-8")
-    as_parquet = tmp_path / "rows.parquet"
-    pq.write_table(pyarrow.Table.from_pylist(rows), as_parquet)
-    return [str(as_list), str(as_lines), str(as_parquet), datasets.Dataset.from_list(rows), rows]
 
 
 def _essence(groups) -> list[tuple]:
@@ -95,10 +79,10 @@ def test_clin_case_is_one_group_with_long_answers(tmp_path):
 ], ids=["clin", "exam-random", "exam-subdomain", "exam-context"])
 def test_all_containers_give_equal_groups(tmp_path, rows, options):
     expected = None
-    for source in _containers(tmp_path, rows):
+    for name, source in containers(tmp_path, rows).items():
         got = _essence(_load(source, **options))
         expected = expected or got
-        assert got == expected, source
+        assert got == expected, name
     assert expected
 
 

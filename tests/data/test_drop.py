@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import datasets
-import pyarrow
-import pyarrow.parquet as pq
 import pytest
+from data_helpers import containers, json_lines, write
 
 from paralleldecode.data import drop
 from paralleldecode.data.records import DataError
@@ -51,22 +49,13 @@ ROWS = [
 ]
 
 
-def _write(path: Path, text: str) -> str:
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
-def _lines(rows: list[dict]) -> str:
-    return "".join(json.dumps(r) + "\n" for r in rows)
-
-
 def _essence(groups) -> list[tuple]:
     """What must agree across layouts (the source naturally differs)."""
     return [(g.id, g.background, g.questions) for g in groups]
 
 
 def test_original_layout_one_group_per_passage(tmp_path):
-    path = _write(tmp_path / "drop_dataset_dev.json", json.dumps(ORIGINAL))
+    path = write(tmp_path / "drop_dataset_dev.json", json.dumps(ORIGINAL))
     groups = drop.load_drop(path)
     assert [g.id for g in groups] == ["drop/nfl_1", "drop/history_2"]
     assert [g.background for g in groups] == [PASSAGE_A, PASSAGE_B]
@@ -79,18 +68,9 @@ def test_original_layout_one_group_per_passage(tmp_path):
 
 
 def test_all_layouts_and_containers_give_equal_groups(tmp_path):
-    parquet = tmp_path / "rows.parquet"
-    pq.write_table(pyarrow.Table.from_pylist(ROWS), parquet)
-    expected = _essence(drop.load_drop(_write(tmp_path / "orig.jsonl", json.dumps(ORIGINAL))))
     # Extensions deliberately mislead: the layout must be read from the content.
-    sources = {
-        "rows list": _write(tmp_path / "rows.jsonl", json.dumps(ROWS)),
-        "rows lines": _write(tmp_path / "rows.json", _lines(ROWS)),
-        "rows parquet": str(parquet),
-        "rows Dataset": datasets.Dataset.from_list(ROWS),
-        "rows in memory": ROWS,
-    }
-    for name, source in sources.items():
+    expected = _essence(drop.load_drop(write(tmp_path / "orig.jsonl", json.dumps(ORIGINAL))))
+    for name, source in containers(tmp_path, ROWS).items():
         assert _essence(drop.load_drop(source)) == expected, name
 
 
@@ -105,7 +85,7 @@ def test_gold_answers_from_numbers_dates_spans_and_validated_answers(tmp_path):
         _qa("p", "Which first?", _answer(number="4", spans=["four"])),
         _qa("e", "No gold?", _answer()),
     ]
-    path = _write(tmp_path / "dev.json", json.dumps({"p": {"passage": PASSAGE_A, "qa_pairs": qa_pairs}}))
+    path = write(tmp_path / "dev.json", json.dumps({"p": {"passage": PASSAGE_A, "qa_pairs": qa_pairs}}))
     questions = {q.id: q for q in drop.load_drop(path)[0].questions}
     assert questions["n"].answers == ["12", "twelve"]
     assert questions["n"].metadata == {"types": ["number", "number", "span"]}
@@ -121,8 +101,8 @@ def test_training_file_without_validated_answers(tmp_path):
     for entry in doc.values():
         for qa in entry["qa_pairs"]:
             del qa["validated_answers"]
-    train = drop.load_drop(_write(tmp_path / "train.json", json.dumps(doc)))
-    dev = drop.load_drop(_write(tmp_path / "dev.json", json.dumps(ORIGINAL)))
+    train = drop.load_drop(write(tmp_path / "train.json", json.dumps(doc)))
+    dev = drop.load_drop(write(tmp_path / "dev.json", json.dumps(ORIGINAL)))
     assert _essence(train) == _essence(dev)
 
 
@@ -131,7 +111,7 @@ def test_rows_group_by_section_in_first_appearance_order(tmp_path):
     groups = drop.load_drop(rows)
     assert [g.id for g in groups] == ["drop/history_2", "drop/nfl_1"]
     assert [q.id for q in groups[1].questions] == ["d1", "d2"]
-    one = drop.load_drop(_write(tmp_path / "one.jsonl", json.dumps(ROWS[0]) + "\n"))
+    one = drop.load_drop(write(tmp_path / "one.jsonl", json.dumps(ROWS[0]) + "\n"))
     assert [q.id for g in one for q in g.questions] == ["d1"]
 
 
@@ -150,7 +130,7 @@ def test_default_source_is_the_hub(monkeypatch):
 
 def test_unknown_option_is_refused(tmp_path):
     with pytest.raises(DataError, match="no option 'group_size'; accepted: none"):
-        load_groups("drop", _write(tmp_path / "rows.json", json.dumps(ROWS)),
+        load_groups("drop", write(tmp_path / "rows.json", json.dumps(ROWS)),
                     options={"group_size": 2})
 
 
@@ -180,7 +160,7 @@ def _broken_original(mutate) -> dict:
     (lambda d: d["history_2"].update(qa_pairs=[]), "passage 'history_2': 'qa_pairs' is empty"),
 ])
 def test_malformed_original_names_file_passage_question_and_key(tmp_path, mutate, expected):
-    path = _write(tmp_path / "dev.json", json.dumps(_broken_original(mutate)))
+    path = write(tmp_path / "dev.json", json.dumps(_broken_original(mutate)))
     with pytest.raises(DataError) as err:
         drop.load_drop(path)
     assert str(err.value).startswith(f"drop file {path}: ")
@@ -206,7 +186,7 @@ def _broken_rows(mutate) -> list[dict]:
      "line 2 (id 'd2'): question 'd2': the question text is empty"),
 ])
 def test_malformed_row_names_file_line_id_and_key(tmp_path, mutate, expected):
-    path = _write(tmp_path / "rows.jsonl", _lines(_broken_rows(mutate)))
+    path = write(tmp_path / "rows.jsonl", json_lines(_broken_rows(mutate)))
     with pytest.raises(DataError) as err:
         drop.load_drop(path)
     assert str(err.value).startswith(f"drop file {path}: ")
@@ -214,10 +194,10 @@ def test_malformed_row_names_file_line_id_and_key(tmp_path, mutate, expected):
 
 
 def test_bad_json_line_and_missing_file(tmp_path):
-    path = _write(tmp_path / "rows.jsonl", _lines(ROWS[:1]) + "not json\n")
+    path = write(tmp_path / "rows.jsonl", json_lines(ROWS[:1]) + "not json\n")
     with pytest.raises(DataError, match=r"rows\.jsonl: line 2 is not valid JSON"):
         drop.load_drop(path)
     with pytest.raises(DataError, match=r"drop file .*nothing\.json does not exist"):
         drop.load_drop(tmp_path / "nothing.json")
     with pytest.raises(DataError, match=r"empty\.json holds no questions"):
-        drop.load_drop(_write(tmp_path / "empty.json", "{}"))
+        drop.load_drop(write(tmp_path / "empty.json", "{}"))

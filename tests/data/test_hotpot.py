@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import datasets
-import pyarrow
-import pyarrow.parquet as pq
 import pytest
+from data_helpers import containers, json_lines, write
 
 from paralleldecode.data import hotpot
 from paralleldecode.data.records import DataError
@@ -44,15 +43,6 @@ def _row(record: dict) -> dict:
     }
 
 
-def _write(path: Path, text: str) -> str:
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
-def _lines(records: list[dict]) -> str:
-    return "".join(json.dumps(r) + "\n" for r in records)
-
-
 def _essence(groups) -> list[tuple]:
     """What must agree across layouts (the source naturally differs)."""
     return [(g.id, g.background, {k: v for k, v in g.metadata.items() if k != "source"},
@@ -60,7 +50,7 @@ def _essence(groups) -> list[tuple]:
 
 
 def test_question_keeps_its_own_paragraphs(tmp_path):
-    path = _write(tmp_path / "dev.jsonl", _lines(ORIGINAL[:1]))
+    path = write(tmp_path / "dev.jsonl", json_lines(ORIGINAL[:1]))
     [group] = hotpot.load_hotpot(path)
     assert group.id == "hotpot/0" and group.dataset == "hotpot" and group.background is None
     assert group.metadata == {"source": f"hotpot file {path}", "grouping": "random",
@@ -73,18 +63,12 @@ def test_question_keeps_its_own_paragraphs(tmp_path):
 
 
 def _sources(tmp_path: Path) -> dict[str, object]:
-    rows = [_row(r) for r in ORIGINAL]
-    parquet = tmp_path / "rows.parquet"
-    pq.write_table(pyarrow.Table.from_pylist(rows), parquet)
     # Extensions deliberately mislead: the layout must be read from the content.
     return {
-        "original list": _write(tmp_path / "orig.jsonl", json.dumps(ORIGINAL)),
-        "original lines": _write(tmp_path / "orig.json", _lines(ORIGINAL)),
-        "rows list": _write(tmp_path / "rows.jsonl", json.dumps(rows)),
-        "rows lines": _write(tmp_path / "rows.json", _lines(rows)),
-        "rows parquet": str(parquet),
-        "rows Dataset": datasets.Dataset.from_list(rows),
-        "rows in memory": rows,
+        "original list": write(tmp_path / "orig.jsonl", json.dumps(ORIGINAL)),
+        "original lines": write(tmp_path / "orig.json", json_lines(ORIGINAL)),
+        **{f"rows {name}": source
+           for name, source in containers(tmp_path, [_row(r) for r in ORIGINAL]).items()},
     }
 
 
@@ -98,12 +82,12 @@ def test_all_layouts_and_containers_give_equal_groups(tmp_path):
 
 def test_single_record_json_lines_file(tmp_path):
     for record in (ORIGINAL[3], _row(ORIGINAL[3])):
-        [group] = hotpot.load_hotpot(_write(tmp_path / "one.jsonl", json.dumps(record) + "\n"))
+        [group] = hotpot.load_hotpot(write(tmp_path / "one.jsonl", json.dumps(record) + "\n"))
         assert [q.id for q in group.questions] == ["q3"]
 
 
 def test_grouping_is_seeded_and_covers_every_question(tmp_path):
-    path = _write(tmp_path / "dev.jsonl", _lines(ORIGINAL))
+    path = write(tmp_path / "dev.jsonl", json_lines(ORIGINAL))
 
     def order(seed: int) -> list[list[str]]:
         return [[q.id for q in g.questions] for g in hotpot.load_hotpot(path, group_size=2, seed=seed)]
@@ -119,20 +103,20 @@ def test_grouping_is_seeded_and_covers_every_question(tmp_path):
 
 
 def test_registry_passes_options_and_run_seed(tmp_path):
-    path = _write(tmp_path / "dev.jsonl", _lines(ORIGINAL))
+    path = write(tmp_path / "dev.jsonl", json_lines(ORIGINAL))
     groups = load_groups("hotpot", path, seed=3, options={"group_size": 2})
     assert groups == hotpot.load_hotpot(path, group_size=2, seed=3)
 
 
 @pytest.mark.parametrize("size", [0, -2, 2.5, True, "4"])
 def test_group_size_below_one_or_not_an_integer_is_refused(tmp_path, size):
-    path = _write(tmp_path / "dev.jsonl", _lines(ORIGINAL))
+    path = write(tmp_path / "dev.jsonl", json_lines(ORIGINAL))
     with pytest.raises(DataError, match="group_size must be an integer of at least 1"):
         load_groups("hotpot", path, options={"group_size": size})
 
 
 def test_unknown_option_is_refused(tmp_path):
-    path = _write(tmp_path / "dev.jsonl", _lines(ORIGINAL))
+    path = write(tmp_path / "dev.jsonl", json_lines(ORIGINAL))
     with pytest.raises(DataError, match="no option 'groups'; accepted: group_size"):
         load_groups("hotpot", path, options={"groups": 2})
 
@@ -178,7 +162,7 @@ def _broken(layout: str, mutate) -> list[dict]:
      "'supporting_facts.sent_id' should hold sentence indices"),
 ])
 def test_malformed_record_names_file_location_id_and_key(tmp_path, layout, mutate, expected):
-    path = _write(tmp_path / "dev.jsonl", _lines(_broken(layout, mutate)))
+    path = write(tmp_path / "dev.jsonl", json_lines(_broken(layout, mutate)))
     with pytest.raises(DataError) as err:
         hotpot.load_hotpot(path)
     assert str(err.value).startswith(f"hotpot file {path}: ")
@@ -186,13 +170,13 @@ def test_malformed_record_names_file_location_id_and_key(tmp_path, layout, mutat
 
 
 def test_malformed_row_in_a_json_list_names_the_item(tmp_path):
-    path = _write(tmp_path / "rows.json", json.dumps(_broken("rows", lambda r: r.pop("answer"))))
+    path = write(tmp_path / "rows.json", json.dumps(_broken("rows", lambda r: r.pop("answer"))))
     with pytest.raises(DataError, match=r"rows\.json: item\[2\] \(id 'q2'\) has no 'answer' key"):
         hotpot.load_hotpot(path)
 
 
 def test_bad_json_line_names_the_line(tmp_path):
-    path = _write(tmp_path / "dev.jsonl", _lines(ORIGINAL[:2]) + "{not json\n")
+    path = write(tmp_path / "dev.jsonl", json_lines(ORIGINAL[:2]) + "{not json\n")
     with pytest.raises(DataError, match=r"dev\.jsonl: line 3 is not valid JSON"):
         hotpot.load_hotpot(path)
 
@@ -201,7 +185,7 @@ def test_missing_file_and_empty_rows(tmp_path):
     with pytest.raises(DataError, match=r"hotpot file .*nothing\.jsonl does not exist"):
         hotpot.load_hotpot(tmp_path / "nothing.jsonl")
     with pytest.raises(DataError, match=r"rows\.json holds no questions"):
-        hotpot.load_hotpot(_write(tmp_path / "rows.json", "[]"))
+        hotpot.load_hotpot(write(tmp_path / "rows.json", "[]"))
 
 
 def test_default_source_is_the_distractor_config_on_the_hub(monkeypatch):

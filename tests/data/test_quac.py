@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import datasets
-import pyarrow
-import pyarrow.parquet as pq
 import pytest
+from data_helpers import containers, json_lines, write
 
 from paralleldecode.data import quac
 from paralleldecode.data.records import DataError
@@ -66,15 +64,6 @@ def _rows(document: dict) -> list[dict]:
 ROWS = _rows(ORIGINAL)
 
 
-def _write(path: Path, text: str) -> str:
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
-def _lines(rows: list[dict]) -> str:
-    return "".join(json.dumps(r) + "\n" for r in rows)
-
-
 def _essence(groups) -> list[tuple]:
     """What must agree across layouts (the source naturally differs)."""
     return [(g.id, g.background, {k: v for k, v in g.metadata.items() if k != "source"},
@@ -82,7 +71,7 @@ def _essence(groups) -> list[tuple]:
 
 
 def test_original_layout_one_group_per_dialogue(tmp_path):
-    path = _write(tmp_path / "val_v0.2.json", json.dumps(ORIGINAL))
+    path = write(tmp_path / "val_v0.2.json", json.dumps(ORIGINAL))
     first, second = quac.load_quac(path)
     assert (first.id, second.id) == ("quac/C_1", "quac/C_2")
     assert first.background == ("Wikipedia article: Mira Holt | Section: Early life\n"
@@ -99,18 +88,9 @@ def test_original_layout_one_group_per_dialogue(tmp_path):
 
 
 def test_all_layouts_and_containers_give_equal_groups(tmp_path):
-    parquet = tmp_path / "rows.parquet"
-    pq.write_table(pyarrow.Table.from_pylist(ROWS), parquet)
-    expected = _essence(quac.load_quac(_write(tmp_path / "orig.jsonl", json.dumps(ORIGINAL))))
     # Extensions deliberately mislead: the layout must be read from the content.
-    sources = {
-        "rows list": _write(tmp_path / "rows.jsonl", json.dumps(ROWS)),
-        "rows lines": _write(tmp_path / "rows.json", _lines(ROWS)),
-        "rows parquet": str(parquet),
-        "rows Dataset": datasets.Dataset.from_list(ROWS),
-        "rows in memory": ROWS,
-    }
-    for name, source in sources.items():
+    expected = _essence(quac.load_quac(write(tmp_path / "orig.jsonl", json.dumps(ORIGINAL))))
+    for name, source in containers(tmp_path, ROWS).items():
         assert _essence(quac.load_quac(source)) == expected, name
 
 
@@ -120,7 +100,7 @@ def test_rows_with_letters_and_unstripped_answers(tmp_path):
     rows[0]["yesnos"] = ["x", "x", "x"]
     rows[0]["answers"]["texts"][0] = [" in Tarnby ", "Tarnby", ""]
     assert _essence(quac.load_quac(rows)) == _essence(quac.load_quac(ROWS))
-    one = quac.load_quac(_write(tmp_path / "one.jsonl", json.dumps(ROWS[1]) + "\n"))
+    one = quac.load_quac(write(tmp_path / "one.jsonl", json.dumps(ROWS[1]) + "\n"))
     assert [g.id for g in one] == ["quac/C_2"]
 
 
@@ -139,7 +119,7 @@ def test_default_source_is_the_hub(monkeypatch):
 
 def test_unknown_option_is_refused(tmp_path):
     with pytest.raises(DataError, match="no option 'group_size'; accepted: none"):
-        load_groups("quac", _write(tmp_path / "rows.json", json.dumps(ROWS)),
+        load_groups("quac", write(tmp_path / "rows.json", json.dumps(ROWS)),
                     options={"group_size": 2})
 
 
@@ -172,7 +152,7 @@ def _qas(doc: dict, article: int = 0) -> list[dict]:
      "(id 'C_1'): turn 2: question 'C_1_q#1': the question text is empty"),
 ])
 def test_malformed_original_names_file_dialogue_turn_and_key(tmp_path, mutate, expected):
-    path = _write(tmp_path / "val.json", json.dumps(_broken_original(mutate)))
+    path = write(tmp_path / "val.json", json.dumps(_broken_original(mutate)))
     with pytest.raises(DataError) as err:
         quac.load_quac(path)
     assert str(err.value).startswith(f"quac file {path}: ")
@@ -200,7 +180,7 @@ def _broken_rows(mutate) -> list[dict]:
      "line 2 (id 'C_1'): group id 'quac/C_1' was already used by line 1 (id 'C_1')"),
 ])
 def test_malformed_row_names_file_line_id_and_key(tmp_path, mutate, expected):
-    path = _write(tmp_path / "rows.jsonl", _lines(_broken_rows(mutate)))
+    path = write(tmp_path / "rows.jsonl", json_lines(_broken_rows(mutate)))
     with pytest.raises(DataError) as err:
         quac.load_quac(path)
     assert str(err.value).startswith(f"quac file {path}: ")
@@ -208,10 +188,10 @@ def test_malformed_row_names_file_line_id_and_key(tmp_path, mutate, expected):
 
 
 def test_bad_json_line_missing_file_and_no_dialogues(tmp_path):
-    path = _write(tmp_path / "rows.jsonl", _lines(ROWS[:1]) + "{oops\n")
+    path = write(tmp_path / "rows.jsonl", json_lines(ROWS[:1]) + "{oops\n")
     with pytest.raises(DataError, match=r"rows\.jsonl: line 2 is not valid JSON"):
         quac.load_quac(path)
     with pytest.raises(DataError, match=r"quac file .*nothing\.json does not exist"):
         quac.load_quac(tmp_path / "nothing.json")
     with pytest.raises(DataError, match=r"empty\.json holds no dialogues"):
-        quac.load_quac(_write(tmp_path / "empty.json", '{"data": []}'))
+        quac.load_quac(write(tmp_path / "empty.json", '{"data": []}'))

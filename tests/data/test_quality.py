@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import datasets
+import pyarrow
+import pyarrow.parquet as pq
 import pytest
+from data_helpers import containers, json_lines, write
 
 import paralleldecode.data.quality  # noqa: F401 - registers "quality"
 from paralleldecode.data.records import DataError
@@ -57,8 +61,7 @@ def _load(data_path, **options):
 
 
 def _lines(path: Path, records: list[dict]) -> str:
-    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
-    return str(path)
+    return write(path, json_lines(records))
 
 
 def test_original_layout_groups_by_article(tmp_path):
@@ -79,24 +82,14 @@ def test_original_layout_groups_by_article(tmp_path):
 
 
 def test_all_layouts_and_containers_give_equal_groups(tmp_path):
-    datasets = pytest.importorskip("datasets")
-    pq = pytest.importorskip("pyarrow.parquet")
-    import pyarrow
-
     expected = _essence(_load(_lines(tmp_path / "original.txt", ORIGINAL)))
-    rows = _rows()
-    # Extensions deliberately mislead: the layout must be read from the content.
-    as_list = tmp_path / "rows.jsonl"
-    as_list.write_text(json.dumps(rows), encoding="utf-8")
-    as_parquet = tmp_path / "rows.parquet"
-    pq.write_table(pyarrow.Table.from_pylist(rows), as_parquet)
     original_parquet = tmp_path / "original.parquet"
     pq.write_table(pyarrow.Table.from_pylist(ORIGINAL), original_parquet)
-    sources = [str(as_list), _lines(tmp_path / "rows.json", rows), str(as_parquet),
-               datasets.Dataset.from_list(rows), rows, str(original_parquet),
-               datasets.Dataset.from_list(ORIGINAL)]
-    for source in sources:
-        assert _essence(_load(source)) == expected, source
+    sources = {**{f"rows {name}": source for name, source in containers(tmp_path, _rows()).items()},
+               "original parquet": str(original_parquet),
+               "original datasets.Dataset": datasets.Dataset.from_list(ORIGINAL)}
+    for name, source in sources.items():
+        assert _essence(_load(source)) == expected, name
 
 
 def test_rows_have_no_titles():

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from data_helpers import containers, write
 
 from paralleldecode.data import DataError, load_squad
 from paralleldecode.data.registry import load_groups
@@ -45,11 +46,6 @@ def _rows() -> list[dict]:
     return rows
 
 
-def _write(path: Path, text: str) -> str:
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
 def _essence(groups) -> list[tuple]:
     """What must agree across layouts (the source naturally differs)."""
     return [(g.id, g.dataset, g.background, g.metadata["title"],
@@ -57,7 +53,7 @@ def _essence(groups) -> list[tuple]:
 
 
 def test_original_layout_groups_by_context(tmp_path):
-    groups = load_squad(_write(tmp_path / "dev.json", json.dumps(ORIGINAL)))
+    groups = load_squad(write(tmp_path / "dev.json", json.dumps(ORIGINAL)))
     assert [g.id for g in groups] == ["squad/a1", "squad/b1"]
     assert groups[0].background == CONTEXT_A
     assert groups[0].metadata == {"title": "Ada_Park", "source": str(tmp_path / "dev.json")}
@@ -69,28 +65,21 @@ def test_original_layout_groups_by_context(tmp_path):
 
 
 def test_all_layouts_give_identical_groups(tmp_path):
-    datasets = pytest.importorskip("datasets")
-    rows = _rows()
-    expected = _essence(load_squad(_write(tmp_path / "original.json", json.dumps(ORIGINAL))))
-    # Extensions deliberately mislead: the layout must be read from the content.
-    as_list = _write(tmp_path / "rows.jsonl", json.dumps(rows))
-    as_lines = _write(tmp_path / "rows.json", "\n".join(json.dumps(r) for r in rows) + "\n")
-    as_parquet = str(tmp_path / "rows.parquet")
-    datasets.Dataset.from_list(rows).to_parquet(as_parquet)
-    for source in (as_list, as_lines, as_parquet, datasets.Dataset.from_list(rows), rows):
-        assert _essence(load_squad(source)) == expected
+    expected = _essence(load_squad(write(tmp_path / "original.json", json.dumps(ORIGINAL))))
+    for name, source in containers(tmp_path, _rows()).items():
+        assert _essence(load_squad(source)) == expected, name
 
 
 def test_rows_sharing_a_context_are_grouped_in_first_appearance_order(tmp_path):
     rows = _rows()
     shuffled = [rows[2], rows[0], rows[1]]
-    groups = load_squad(_write(tmp_path / "rows.json", json.dumps(shuffled)))
+    groups = load_squad(write(tmp_path / "rows.json", json.dumps(shuffled)))
     assert [g.id for g in groups] == ["squad/b1", "squad/a1"]
     assert [q.id for q in groups[1].questions] == ["a1", "a2"]
 
 
 def test_single_row_json_lines_file(tmp_path):
-    groups = load_squad(_write(tmp_path / "one.jsonl", json.dumps(_rows()[2]) + "\n"))
+    groups = load_squad(write(tmp_path / "one.jsonl", json.dumps(_rows()[2]) + "\n"))
     assert [g.id for g in groups] == ["squad/b1"]
 
 
@@ -115,7 +104,7 @@ def _break_original(mutate) -> dict:
      "data[1].paragraphs[0].qas[0] (id 'a1'): question id 'a1' was already used by"),
 ])
 def test_malformed_original_record_names_file_and_record(tmp_path, mutate, expected):
-    path = _write(tmp_path / "dev.json", json.dumps(_break_original(mutate)))
+    path = write(tmp_path / "dev.json", json.dumps(_break_original(mutate)))
     with pytest.raises(DataError) as err:
         load_squad(path)
     assert str(err.value).startswith(f"squad file {path}: ")
@@ -125,7 +114,7 @@ def test_malformed_original_record_names_file_and_record(tmp_path, mutate, expec
 def test_malformed_row_names_file_line_and_key(tmp_path):
     rows = _rows()
     del rows[1]["answers"]["answer_start"]
-    path = _write(tmp_path / "rows.jsonl", "\n".join(json.dumps(r) for r in rows))
+    path = write(tmp_path / "rows.jsonl", "\n".join(json.dumps(r) for r in rows))
     expected = r"rows\.jsonl: line 2 \(id 'a2'\) answers has no 'answer_start' key"
     with pytest.raises(DataError, match=expected):
         load_squad(path)
@@ -134,7 +123,7 @@ def test_malformed_row_names_file_line_and_key(tmp_path):
 def test_row_answers_of_unequal_length(tmp_path):
     rows = _rows()
     rows[0]["answers"]["answer_start"].pop()
-    path = _write(tmp_path / "rows.json", json.dumps(rows))
+    path = write(tmp_path / "rows.json", json.dumps(rows))
     with pytest.raises(DataError, match=r"rows\.json: row 0 \(id 'a1'\): 'answers' needs equally long"):
         load_squad(path)
 
@@ -146,7 +135,7 @@ def test_missing_file_names_path(tmp_path):
 
 @pytest.mark.parametrize("text", ['{"foo": 1}', '"just a string"', "not json at all\n"])
 def test_unknown_layout_lists_accepted_layouts(tmp_path, text):
-    path = _write(tmp_path / "odd.json", text)
+    path = write(tmp_path / "odd.json", text)
     accepted = "original SQuAD JSON.*JSON list of Hugging Face rows.*JSON lines"
     with pytest.raises(DataError, match=accepted) as err:
         load_squad(path)
@@ -155,7 +144,7 @@ def test_unknown_layout_lists_accepted_layouts(tmp_path, text):
 
 def test_empty_file_has_no_questions(tmp_path):
     with pytest.raises(DataError, match="holds no questions"):
-        load_squad(_write(tmp_path / "empty.json", ""))
+        load_squad(write(tmp_path / "empty.json", ""))
 
 
 def test_unreachable_hub_suggests_a_local_file(monkeypatch):
@@ -183,6 +172,14 @@ def test_hub_rows_are_loaded_with_the_split(monkeypatch):
     assert groups[0].metadata == {"title": "Ada_Park", "source": "rajpurkar/squad", "split": "train"}
 
 
+def test_local_file_has_no_split_whatever_its_path(tmp_path):
+    # Only hub rows come from a split; a folder named like "my hub files" changes nothing.
+    folder = tmp_path / "my hub files"
+    folder.mkdir()
+    [group, _] = load_squad(write(folder / "dev.json", json.dumps(ORIGINAL)), split="train")
+    assert "split" not in group.metadata
+
+
 @pytest.mark.data
 def test_real_squad_dev_file():
     data_dir = os.environ.get("PARALLELDECODE_DATA_DIR")
@@ -196,7 +193,7 @@ def test_real_squad_dev_file():
 
 
 def test_articles_option_keeps_a_slice_of_articles(tmp_path):
-    path = _write(tmp_path / "dev.json", json.dumps(ORIGINAL))
+    path = write(tmp_path / "dev.json", json.dumps(ORIGINAL))
     first = load_groups("squad", data_path=path, options={"articles": "0:1"})
     rest = load_groups("squad", data_path=path, options={"articles": "1:"})
     assert [g.id for g in load_groups("squad", data_path=path, options={"articles": [1, None]})] == \

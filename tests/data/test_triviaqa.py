@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from data_helpers import containers, json_lines, write
 
 import paralleldecode.data.triviaqa as triviaqa
 from paralleldecode.data import DataError
 from paralleldecode.data.registry import dataset_names, dataset_options, load_groups
 from paralleldecode.data.sources import Source
 from paralleldecode.data.triviaqa import group_at_random, group_by_similarity, load_questions
+from paralleldecode.models.encoders import (EMBEDDED_ENCODER, EMBEDDED_ENCODER_PACKAGE,
+                                            embedded_encoder_path)
 
 # The original release layout. The first answer repeats its value among the aliases and the
 # second question has a trailing space: the hub rows are stripped, so must the loader be.
@@ -75,15 +77,6 @@ def _row(record: dict) -> dict:
 ROWS = [_row(r) for r in ORIGINAL["Data"]]
 
 
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def _lines(records: list[dict]) -> str:
-    return "\n".join(json.dumps(r) for r in records) + "\n"
-
-
 def _essence(questions) -> list[tuple]:
     return [(q.id, q.text, q.answers) for q in questions]
 
@@ -92,7 +85,7 @@ def _essence(questions) -> list[tuple]:
 
 
 def test_original_layout(tmp_path):
-    path = _write(tmp_path / "wikipedia-dev.json", json.dumps(ORIGINAL))
+    path = write(tmp_path / "wikipedia-dev.json", json.dumps(ORIGINAL))
     questions, origin = load_questions(path)
     assert _essence(questions) == EXPECTED
     assert str(path) in origin
@@ -101,22 +94,12 @@ def test_original_layout(tmp_path):
 
 
 def test_every_layout_and_container_gives_the_same_questions(tmp_path):
-    datasets = pytest.importorskip("datasets")
-    pq = pytest.importorskip("pyarrow.parquet")
-    import pyarrow as pa
-
-    parquet = tmp_path / "rows.parquet"
-    pq.write_table(pa.Table.from_pylist(ROWS), parquet)
     sources = {
-        "original": _write(tmp_path / "orig.json", json.dumps(ORIGINAL)),
+        "original": write(tmp_path / "orig.json", json.dumps(ORIGINAL)),
+        **{f"rows as {name}": source for name, source in containers(tmp_path, ROWS).items()},
         # Extensions deliberately mislead: the layout is read from the content.
-        "rows as a JSON list": _write(tmp_path / "rows.jsonl", json.dumps(ROWS)),
-        "rows as JSON lines": _write(tmp_path / "rows.json", _lines(ROWS)),
-        "rows as parquet": parquet,
-        "a datasets.Dataset": datasets.Dataset.from_list(ROWS),
-        "a list of rows": ROWS,
-        "original records as JSON lines": _write(tmp_path / "orig.jsonl", _lines(ORIGINAL["Data"])),
-        "original records as a JSON list": _write(tmp_path / "orig-list.json",
+        "original records as JSON lines": write(tmp_path / "orig.jsonl", json_lines(ORIGINAL["Data"])),
+        "original records as a JSON list": write(tmp_path / "orig-list.json",
                                                   json.dumps(ORIGINAL["Data"])),
     }
     for name, source in sources.items():
@@ -124,7 +107,7 @@ def test_every_layout_and_container_gives_the_same_questions(tmp_path):
 
 
 def test_a_single_row_file_is_read(tmp_path):
-    path = _write(tmp_path / "one.jsonl", json.dumps(ROWS[0]) + "\n")
+    path = write(tmp_path / "one.jsonl", json.dumps(ROWS[0]) + "\n")
     assert _essence(load_questions(path)[0]) == EXPECTED[:1]
 
 
@@ -132,7 +115,7 @@ def test_questions_without_gold_have_no_answers(tmp_path):
     # The original test files leave out "Answer"; the hub's test rows hold "<unk>".
     original = {"Data": [{"Question": "Who painted the Mona Lisa?", "QuestionId": "t_1"}]}
     hub_test_row = {**ROWS[0], "answer": {**ROWS[0]["answer"], "value": "<unk>", "aliases": []}}
-    assert load_questions(_write(tmp_path / "test.json", json.dumps(original)))[0][0].answers == []
+    assert load_questions(write(tmp_path / "test.json", json.dumps(original)))[0][0].answers == []
     assert load_questions([hub_test_row])[0][0].answers == []
 
 
@@ -183,7 +166,7 @@ def _broken_row(**changes) -> dict:
     (_broken_row(question="   "), "empty"),
 ])
 def test_malformed_row_names_file_location_id_and_key(tmp_path, row, key):
-    path = _write(tmp_path / "rows.jsonl", _lines([ROWS[0], row]))
+    path = write(tmp_path / "rows.jsonl", json_lines([ROWS[0], row]))
     with pytest.raises(DataError) as err:
         load_questions(path)
     message = str(err.value)
@@ -201,7 +184,7 @@ def test_malformed_row_names_file_location_id_and_key(tmp_path, row, key):
 def test_malformed_original_record_names_file_location_id_and_key(tmp_path, change, key):
     doc = json.loads(json.dumps(ORIGINAL))
     change(doc["Data"][1])
-    path = _write(tmp_path / "dev.json", json.dumps(doc))
+    path = write(tmp_path / "dev.json", json.dumps(doc))
     with pytest.raises(DataError) as err:
         load_questions(path)
     message = str(err.value)
@@ -217,7 +200,7 @@ def test_malformed_original_record_names_file_location_id_and_key(tmp_path, chan
     (["not an object"], "item[0] is not an object"),
 ])
 def test_unusable_documents(tmp_path, doc, expected):
-    path = _write(tmp_path / "bad.json", json.dumps(doc))
+    path = write(tmp_path / "bad.json", json.dumps(doc))
     with pytest.raises(DataError) as err:
         load_questions(path)
     assert str(path) in str(err.value) and expected in str(err.value)
@@ -373,8 +356,8 @@ def _topic_rows() -> list[dict]:
 @pytest.fixture(scope="module")
 def embedded_encoder():
     pytest.importorskip("sentence_transformers")
-    pytest.importorskip(triviaqa.EMBEDDED_ENCODER_PACKAGE)
-    assert triviaqa.embedded_encoder_path() is not None
+    pytest.importorskip(EMBEDDED_ENCODER_PACKAGE)
+    assert embedded_encoder_path() is not None
 
 
 def test_similarity_groups_follow_topics_with_the_embedded_encoder(embedded_encoder):
@@ -389,7 +372,7 @@ def test_similarity_groups_follow_topics_with_the_embedded_encoder(embedded_enco
         assert all(len(g) == 4 and g.background is None for g in groups)
         meta = groups[0].metadata
         assert meta["grouping"] == "similarity" and meta["similarity_threshold"] == 0.27
-        assert meta["embedding_model"] == triviaqa.EMBEDDED_ENCODER
+        assert meta["embedding_model"] == EMBEDDED_ENCODER
         assert all(g.metadata["mean_similarity"] >= 0.27 for g in groups)
     # Smaller groups split a topic but never mix two.
     groups = load_groups("triviaqa_sim", data_path=_topic_rows(),
