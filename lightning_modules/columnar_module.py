@@ -43,6 +43,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from paralleldecode.data.grouping import even_chunks
 from paralleldecode.data.records import QuestionGroup
 from paralleldecode.decoding.columnar import columnar_batch, columnar_loss, columnar_segments
 from paralleldecode.models.columnar import (
@@ -288,7 +289,7 @@ class ColumnarModule(TrainedWeightsModule):
         if not answered or len(answered) < h.min_questions:
             return []
         out = []
-        todo = chunks(answered, h.max_branches)
+        todo = even_chunks(answered, h.max_branches)
         while todo:
             chunk = todo.pop(0)
             sample = self.question_sample(replace(group, questions=chunk))
@@ -296,7 +297,7 @@ class ColumnarModule(TrainedWeightsModule):
                 out.append(sample)
             elif len(chunk) > 1:
                 self.split_groups += 1
-                todo[:0] = chunks(chunk, (len(chunk) + 1) // 2)
+                todo[:0] = even_chunks(chunk, (len(chunk) + 1) // 2)
             else:
                 self._skip(1, group, f"{slots(sample)} slots even alone, over model.max_length {h.max_length}")
         return out
@@ -366,19 +367,6 @@ class ColumnarModule(TrainedWeightsModule):
             rank_zero_info(f"columnar finetune: {self.skipped_questions} question(s) skipped, "
                            f"{self.split_groups} chunk(s) split to fit model.max_length "
                            f"{self.hparams.max_length} (this rank)")
-
-
-def chunks(items: list, size: int) -> list[list]:
-    """``items`` in ``ceil(len / size)`` consecutive chunks of nearly equal length (7 by 5
-    gives 4 + 3, not 5 + 2), so no chunk is needlessly small."""
-    n = max(1, math.ceil(len(items) / size))
-    base, extra = divmod(len(items), n)
-    out, start = [], 0
-    for i in range(n):
-        end = start + base + (1 if i < extra else 0)
-        out.append(items[start:end])
-        start = end
-    return [c for c in out if c]
 
 
 def slots(sample: tuple[list[int], list[list[int]], Any]) -> int:

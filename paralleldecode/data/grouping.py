@@ -56,20 +56,27 @@ def _check_options(min_questions: int, max_questions: int | None,
         raise DataError(f"context_count must be at least 1, got {context_count}")
 
 
+def even_chunks(items: list, size: int) -> list[list]:
+    """``items`` in ``ceil(len / size)`` consecutive chunks of nearly equal length: the first
+    ``len % chunks`` take one extra item, so 7 by at most 5 gives 4 + 3, not 5 + 2 (no chunk
+    is needlessly small). An empty list gives no chunks."""
+    parts = math.ceil(len(items) / size)
+    base, extra = divmod(len(items), max(parts, 1))
+    out, start = [], 0
+    for part in range(parts):
+        end = start + base + (part < extra)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
 def _split(group: QuestionGroup, max_questions: int | None) -> list[QuestionGroup]:
     if max_questions is None or len(group) <= max_questions:
         return [group]
-    parts = math.ceil(len(group) / max_questions)
-    # The first len % parts chunks take one extra question: 7 by at most 5 gives 4 + 3.
-    base, extra = divmod(len(group), parts)
-    chunks, start = [], 0
-    for part in range(1, parts + 1):
-        end = start + base + (part <= extra)
-        chunks.append(replace(group, id=f"{group.id}#{part}",
-                              questions=group.questions[start:end],
-                              metadata={**group.metadata, "chunk": part, "chunks": parts}))
-        start = end
-    return chunks
+    chunks = even_chunks(group.questions, max_questions)
+    return [replace(group, id=f"{group.id}#{part}", questions=questions,
+                    metadata={**group.metadata, "chunk": part, "chunks": len(chunks)})
+            for part, questions in enumerate(chunks, start=1)]
 
 
 def _nothing_left(n_groups: int, n_chunks: int, min_questions: int,

@@ -17,7 +17,8 @@ import torch
 from datamodules import QAGroupsDataModule, TextBranchesDataModule
 from datamodules.text_branches import cut_samples
 from lightning_modules import ColumnarModule
-from lightning_modules.columnar_module import chunks, lr_factor, slots
+from lightning_modules.columnar_module import lr_factor, slots
+from paralleldecode.data.grouping import even_chunks
 from paralleldecode.cli import build_cli
 from paralleldecode.data.records import DataError
 from paralleldecode.data.registry import load_groups
@@ -143,8 +144,8 @@ def test_lr_warms_up_then_decays():
 
 
 def test_groups_split_into_even_chunks_and_oversize_is_counted(tiny_models, tmp_path, groups):
-    assert [len(c) for c in chunks(list(range(7)), 5)] == [4, 3]
-    assert [len(c) for c in chunks(list(range(5)), 5)] == [5]
+    assert [len(c) for c in even_chunks(list(range(7)), 5)] == [4, 3]
+    assert [len(c) for c in even_chunks(list(range(5)), 5)] == [5]
     module = _module(tiny_models["llama"], tmp_path, "finetune", max_branches=2)
     module.configure_model()
     group = groups[0]
