@@ -33,7 +33,7 @@ import torch
 from paralleldecode.data.records import QuestionGroup
 from paralleldecode.data.registry import load_groups
 from paralleldecode.decoding import DecodingEngine, GenerationConfig, independent_rows
-from paralleldecode.models.loading import DEFAULT_MODEL, load_causal_lm
+from paralleldecode.models.loading import DEFAULT_MODEL, cache_keyword, load_causal_lm
 from paralleldecode.prompts import PromptRenderer
 from paralleldecode.strategies import RunContext, get_strategy
 
@@ -52,11 +52,12 @@ def bare_step_seconds(model, prompt_ids: list[int], g: int, steps: int) -> float
 
     ids = torch.tensor([prompt_ids] * g)
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    kw = cache_keyword(model)
+    out = model(input_ids=ids, **{kw: cache}, use_cache=True, logits_to_keep=1)
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)
     start = time.perf_counter()
     for _ in range(steps):
-        out = model(input_ids=nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=nxt, **{kw: cache}, use_cache=True, logits_to_keep=1)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
     return (time.perf_counter() - start) / steps
 

@@ -259,7 +259,9 @@ def columnar_layout(background: list[int], branches: list[list[int]], pad_id: in
     branches already generate. With ``isolate`` nothing depends on other branches, so the
     whole prompt is prefilled (this is then the ``shared_prefix`` layout with 2D positions).
 
-    Slots are packed without pads (order does not matter under the column rule).
+    Slots are packed without pads, column by column (the mask ignores slot order, but a
+    chunked prefill computes slots in order, and column order puts everything a slot may
+    see before it or beside it in its chunk).
 
     Args:
         background: ``N`` token ids (may be empty).
@@ -278,6 +280,10 @@ def columnar_layout(background: list[int], branches: list[list[int]], pad_id: in
         column += list(range(n, n + take[b]))
         branch += [b + 1] * take[b]
         last.append(len(ids) - 1)
+    order = sorted(range(len(ids)), key=column.__getitem__)  # stable: branch order within a column
+    slot_of = {old: new for new, old in enumerate(order)}
+    ids, owner, column, branch = ([seq[j] for j in order] for seq in (ids, owner, column, branch))
+    last = [slot_of[j] for j in last]
     lengths = torch.tensor([n + len(b) for b in branches])
     return Layout(
         input_ids=torch.tensor([ids]),

@@ -8,20 +8,33 @@ feeds one token per live branch, all in one column; a branch may first feed the 
 prompt (``Layout.pending``), and a branch that stops feeds its last token once more so the
 branches still running see it as they would in training.
 
-Unlike ``model.generate`` the engine always passes explicit positions and an explicit 4D
-mask, so any layout works with stock Hugging Face modeling code; a row whose streams have
-all finished is dropped from the cache so it stops costing compute.
+Unlike ``model.generate`` the engine passes explicit positions and an explicit 4D mask, so
+any layout works with stock Hugging Face modeling code; a row whose streams have all
+finished is dropped from the cache so it stops costing compute.
+
+The prefill is a plan, not one call: rows may start from KV computed earlier
+(``Layout.past``: a shared prefix copied into every question's row, or a conversation kept
+from the previous turn), and the remaining prompt slots go through the model in chunks of
+at most ``prefill_chunk`` query slots per row, so no tensor grows with rows x L x L. A
+single row whose leading slots form a plain causal sequence (a shared prefix, a lone
+prompt) sends those through the model's own causal path, with no explicit mask at all.
+
+Streams of one call may have their own token budget and stop strings (one
+:class:`GenerationConfig` per stream), which is what lets several groups share a call.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 
-from paralleldecode.decoding.layout import PAD, SHARED, Layout, additive, layout_mask
+from paralleldecode.decoding.cache import RowCache, row_cache, stack_row_caches
+from paralleldecode.decoding.layout import PAD, SHARED, Layout, additive, layout_mask, prefill_mask
 from paralleldecode.models.crossbatch_lm import states_to_mix
+from paralleldecode.models.loading import cache_keyword
 
 
 @dataclass
@@ -109,6 +122,10 @@ class GenerationResult:
         step_tokens: token slots fed over all decoding steps (padding slots included): what
             the steps after the prefill computed. Finished streams add nothing.
         prefill_seconds: wall time of the prefill (the first token of every stream included).
+        caches: with ``keep_cache``, each stream's row cache at the end (its prompt and
+            every generated token but the last, which was never fed); else None.
+        prefill_passes: the model calls of the prefill (chunks; a plain prefix and the
+            masked rest are separate calls); the other passes are decoding steps.
     """
 
     streams: list[StreamResult]
@@ -118,6 +135,8 @@ class GenerationResult:
     peak_cache_bytes: int = 0
     step_tokens: int = 0
     prefill_seconds: float = 0.0
+    caches: list[RowCache] | None = None
+    prefill_passes: int = 1
 
     @property
     def generated_tokens(self) -> int:
@@ -131,6 +150,7 @@ class _State:
     stream_row: torch.Tensor  # (S,) current row of each stream, -1 once its row is gone
     position: torch.Tensor  # (S,) position (column) of the stream's next fed token
     cache_owner: torch.Tensor  # (R, L)
+    cache_ids: torch.Tensor  # (R, L) token id of every cached slot
     cache_column: torch.Tensor | None  # (R, L) columns of a columnar layout, else None
     tokens: list[list[int]]
     done: list[bool]
@@ -140,6 +160,7 @@ class _State:
     texts: list[str | None] = field(default_factory=list)
     finished: list[float] = field(default_factory=list)
     logits: list[list[torch.Tensor]] = field(default_factory=list)
+    kept: dict[int, RowCache] = field(default_factory=dict)  # caches of streams whose row left
 
 
 class DecodingEngine:
@@ -156,14 +177,23 @@ class DecodingEngine:
             have finished no longer take part.
         mix_layer: which layer's output to mix (-1 = the last, after the final norm; an
             earlier layer's output gets the final norm before the LM head).
+        prefill_chunk: most prompt slots per row that one prefill forward computes; longer
+            prompts are prefilled in several calls (each a forward pass), so attention
+            scores and masks stay ``rows x prefill_chunk x L`` instead of ``rows x L x L``.
     """
 
-    def __init__(self, model, tokenizer, mixer=None, mix_layer: int = -1) -> None:
+    def __init__(self, model, tokenizer, mixer=None, mix_layer: int = -1,
+                 prefill_chunk: int = 512) -> None:
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.model = model
         self.tokenizer = tokenizer
         self.mixer = mixer
         self.mix_layer = mix_layer
+        self.prefill_chunk = prefill_chunk
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # Read once from the installed transformers: `cache` where it exists.
+        self.cache_keyword = cache_keyword(model)
 
     @property
     def device(self) -> torch.device:
@@ -219,34 +249,46 @@ class DecodingEngine:
         return ids
 
     @torch.no_grad()
-    def generate(self, layout: Layout, config: GenerationConfig) -> GenerationResult:
+    def generate(self, layout: Layout, config: GenerationConfig | Sequence[GenerationConfig],
+                 keep_cache: bool = False) -> GenerationResult:
         """Prefill ``layout`` then decode one token per live stream per step.
 
-        Raises:
-            ValueError: a stream's prompt plus ``max_new_tokens`` exceeds the model's window,
-                or the layout shares slots between streams and the model cannot serve that
-                (see :meth:`require_branch_support`).
-        """
-        from transformers import DynamicCache
+        Args:
+            layout: the streams, their rows and prompts (and rows' caches, if any).
+            config: one config for every stream, or one per stream (their budgets and stop
+                strings may differ; sampling settings and EOS ids must agree).
+            keep_cache: return each stream's row cache (``GenerationResult.caches``), to
+                continue from it in a later call; every row must hold one stream.
 
-        self._check_window(layout, config)
-        if bool((layout.owner == SHARED).any()) or layout.columnar:
-            self.require_branch_support()
-        if layout.columnar:
-            self.require_rope2d()
+        Raises:
+            ValueError: a stream's prompt plus its ``max_new_tokens`` exceeds the model's
+                window, the layout shares slots between streams and the model cannot serve
+                that (see :meth:`require_branch_support`), or the configs disagree.
+        """
+        configs = self._stream_configs(layout, config)
+        self._check_window(layout, configs)
+        self._check_layout(layout)
+        if keep_cache and bool((layout.stream_row.bincount() > 1).any()):
+            raise ValueError("keep_cache needs one stream per row; this layout shares rows between streams")
         dev = self.device
-        eos = self.eos_ids(config)
+        shared = configs[0]
+        eos = self.eos_ids(shared)
         gen = None
-        if config.temperature > 0 and config.seed is not None:
-            gen = torch.Generator(device=dev).manual_seed(config.seed)
+        if shared.temperature > 0 and shared.seed is not None:
+            gen = torch.Generator(device=dev).manual_seed(shared.seed)
         n = layout.num_streams
+        start = time.perf_counter()
+        cache, key_owner, key_ids, key_col, picked, passes = self._prefill(layout)
+        prefill_passes = passes
+        groups = layout.stream_group.to(dev)
+        stream_logits = self._logits(picked, groups)  # (S, V)
         pending_len = torch.tensor([len(p) for p in layout.pending], dtype=torch.long)
-        columns = layout.columns
         st = _State(
             stream_row=layout.stream_row.to(dev).clone(),
             position=(layout.next_position - pending_len).to(dev),
-            cache_owner=layout.owner.to(dev),
-            cache_column=columns.to(dev) if columns is not None else None,
+            cache_owner=key_owner,
+            cache_ids=key_ids,
+            cache_column=key_col,
             tokens=[[] for _ in range(n)],
             done=[False] * n,
             reasons=["length"] * n,
@@ -261,34 +303,21 @@ class DecodingEngine:
         # Columnar branches see each other: a stopped branch's last token is fed once more
         # so the others see it, as in training (isolated branches never look).
         feed_last = layout.columnar and not layout.isolate
-        cache = DynamicCache(config=self.model.config)
-        start = time.perf_counter()
-
-        owner = layout.owner.to(dev)
-        needed = torch.unique(layout.last_slot).to(dev)
-        mask = layout_mask(owner, owner, st.cache_column, st.cache_column, layout.isolate)
-        logits = self._forward(
-            layout.input_ids.to(dev), layout.position_ids.to(dev),
-            mask, cache, logits_to_keep=needed,
-        )  # (B, len(needed), V)
-        col = torch.searchsorted(needed, layout.last_slot.to(dev))
-        groups = layout.stream_group.to(dev)
-        stream_logits = self._logits(logits[st.stream_row, col], groups)  # (S, V)
-        passes, fed = 1, 0
+        fed = 0
         peak = _cache_bytes(cache)
         prefill_wall = time.perf_counter() - start
 
         while True:
             live = [i for i in range(n) if not st.done[i]]
-            next_ids = self._pick(stream_logits, config, gen)
+            next_ids = self._pick(stream_logits, shared, gen)
             stopped = []
             for j, i in enumerate(live):
                 if st.pending[i]:  # still reading its prompt: the pick is not used
                     st.feed[i] = st.pending[i].pop(0)
                     continue
-                if config.output_logits:
+                if shared.output_logits:
                     st.logits[i].append(stream_logits[j].detach().float().cpu())
-                self._append(st, i, int(next_ids[j]), eos, config)
+                self._append(st, i, int(next_ids[j]), eos, configs[i])
                 st.feed[i] = st.tokens[i][-1]
                 if st.done[i]:
                     st.finished[i] = time.perf_counter() - start
@@ -296,7 +325,7 @@ class DecodingEngine:
             live = [i for i in range(n) if not st.done[i]]
             if not live:
                 break
-            cache = self._drop_finished_rows(st, cache)
+            cache = self._drop_finished_rows(st, cache, keep_cache)
             extra = [i for i in stopped if feed_last and int(st.stream_row[i]) >= 0]
             fed_now = live + extra
             step_ids, step_pos, step_owner, where = self._step_inputs(st, fed_now, branch)
@@ -306,11 +335,12 @@ class DecodingEngine:
                 key_col = torch.cat([st.cache_column, step_col], dim=1)
             key_owner = torch.cat([st.cache_owner, step_owner], dim=1)
             mask = layout_mask(step_owner, key_owner, step_col, key_col, layout.isolate)
-            logits = self._forward(step_ids, step_pos, mask, cache, logits_to_keep=0)
+            out = self._forward(step_ids, step_pos, mask, cache, keep=0)
             st.cache_owner, st.cache_column = key_owner, key_col
+            st.cache_ids = torch.cat([st.cache_ids, step_ids], dim=1)
             live_t = torch.tensor(live, device=dev)
             rows, cols = where[0][: len(live)], where[1][: len(live)]
-            stream_logits = self._logits(logits[rows, cols], groups[live_t])
+            stream_logits = self._logits(out[rows, cols], groups[live_t])
             for i in fed_now:
                 st.position[i] += 1
             passes += 1
@@ -325,27 +355,134 @@ class DecodingEngine:
                 finish_reason=st.reasons[i],
                 prompt_tokens=int(layout.prompt_tokens[i]),
                 finish_seconds=st.finished[i],
-                logits=torch.stack(st.logits[i]) if config.output_logits else None,
+                logits=torch.stack(st.logits[i]) if shared.output_logits else None,
             )
             for i in range(n)
         ]
+        caches = None
+        if keep_cache:
+            caches = [st.kept[i] if i in st.kept else
+                      row_cache(cache, st.cache_owner, st.cache_ids, int(st.stream_row[i]))
+                      for i in range(n)]
         return GenerationResult(streams, passes, layout.processed_tokens, wall, peak, fed,
-                                prefill_wall)
+                                prefill_wall, caches, prefill_passes)
+
+    @torch.no_grad()
+    def prefill(self, layout: Layout) -> GenerationResult:
+        """Compute the KV of ``layout``'s prompts and generate nothing: the result has no
+        streams, and ``caches`` holds each stream's row cache (one stream per row), ready to
+        be a later layout's ``past`` (e.g. a prefix shared by many rows)."""
+        self._check_layout(layout)
+        if bool((layout.stream_row.bincount() > 1).any()) or layout.pending and any(layout.pending):
+            raise ValueError("prefill needs one stream per row and no pending tokens")
+        start = time.perf_counter()
+        cache, key_owner, key_ids, _, _, passes = self._prefill(layout, logits=False)
+        caches = [row_cache(cache, key_owner, key_ids, int(r)) for r in layout.stream_row]
+        wall = time.perf_counter() - start
+        return GenerationResult([], passes, layout.processed_tokens, wall, _cache_bytes(cache), 0,
+                                wall, caches, passes)
 
     # -- pieces of the loop -------------------------------------------------------------
 
-    def _forward(self, ids, positions, mask, cache, logits_to_keep):
-        """One model call; returns ``(B, Q', V)`` logits for the kept query positions, or
-        with a mixer ``(B, Q', D)`` hidden states for :meth:`_logits` to mix."""
-        dtype = next(self.model.parameters()).dtype
-        kwargs = dict(input_ids=ids, position_ids=positions, attention_mask=additive(mask, dtype),
-                      past_key_values=cache, use_cache=True)
+    def _prefill(self, layout: Layout, logits: bool = True):
+        """Run the prompt slots through the model (see the module docstring).
+
+        Returns:
+            the cache, ``(B, L)`` owners, token ids and columns (None unless columnar) of its
+            slots, ``(S, V)`` logits (hidden states with a mixer) at each stream's last
+            prompt slot (None when ``logits`` is False), and the forward passes made.
+        """
+        from transformers import DynamicCache
+
+        dev = self.device
+        ids, owner = layout.input_ids.to(dev), layout.owner.to(dev)
+        positions = layout.position_ids.to(dev)
+        columns = layout.columns.to(dev) if layout.columnar else None
+        cache = DynamicCache(config=self.model.config)
+        b = ids.shape[0]
+        pasts = layout.past if layout.past is not None and layout.past_tokens else None
+        if pasts is not None:
+            past_owner = stack_row_caches([_to(p, dev) for p in pasts], cache)
+            length = past_owner.shape[1]
+            past_ids = torch.full((b, length), self.pad_id, dtype=torch.long, device=dev)
+            for r, p in enumerate(pasts):
+                if p is not None and len(p):
+                    past_ids[r, length - len(p):] = torch.tensor(p.tokens, device=dev)
+            key_owner, key_ids = torch.cat([past_owner, owner], 1), torch.cat([past_ids, ids], 1)
+        else:
+            key_owner, key_ids = owner, ids
+        offset = key_owner.shape[1] - ids.shape[1]  # cached slots before the layout's own
+        last = layout.last_slot.to(dev)
+        rows = layout.stream_row.to(dev)
+        picked: list[torch.Tensor | None] = [None] * layout.num_streams
+        passes = 0
+        for a, z, plain in self._chunks(layout, key_owner, offset):
+            ending = [i for i in range(layout.num_streams) if a <= int(last[i]) < z] if logits else []
+            keep = torch.unique(last[ending]) - a if ending else 1
+            if plain:
+                out = self._forward(ids[:, a:z], None, None, cache, keep)
+            else:
+                if columns is not None:
+                    from paralleldecode.decoding.columnar import column_mask
+
+                    mask = column_mask(owner[:, a:z], columns[:, a:z], owner[:, :z], columns[:, :z],
+                                       layout.isolate)
+                else:
+                    mask = prefill_mask(key_owner[:, : offset + z], offset + a)
+                out = self._forward(ids[:, a:z], positions[:, a:z], mask, cache, keep)
+            passes += 1
+            for i in ending:
+                picked[i] = out[rows[i], int(torch.searchsorted(keep, last[i] - a))]
+        stacked = torch.stack(picked) if logits else None
+        return cache, key_owner, key_ids, columns, stacked, passes
+
+    def _chunks(self, layout: Layout, key_owner: torch.Tensor, offset: int) -> list[tuple[int, int, bool]]:
+        """``(start, stop, plain)`` slot ranges of the layout's own slots, at most
+        ``prefill_chunk`` long; ``plain`` ranges go through the model's causal path."""
+        t = layout.input_ids.shape[1]
+        plain_end = self._plain_length(layout, key_owner, offset)
+        bounds = []
+        for lo, hi, plain in ((0, plain_end, True), (plain_end, t, False)):
+            for a in range(lo, hi, self.prefill_chunk):
+                bounds.append((a, min(a + self.prefill_chunk, hi), plain))
+        return bounds
+
+    @staticmethod
+    def _plain_length(layout: Layout, key_owner: torch.Tensor, offset: int) -> int:
+        """How many leading slots of a single-row layout need no mask: every slot sees every
+        earlier one (no pads, and once a stream's own slots begin, only that stream's
+        follow) and positions count the row's slots from 0."""
+        if layout.input_ids.shape[0] != 1 or layout.columnar:
+            return 0
+        owners = key_owner[0].tolist()
+        expect = torch.arange(offset, offset + layout.input_ids.shape[1])
+        positions = layout.position_ids[0].cpu() == expect
+        if PAD in owners[:offset]:
+            return 0
+        stream = SHARED
+        for j in range(offset, len(owners)):
+            o = owners[j]
+            if o == PAD or not bool(positions[j - offset]) or (stream != SHARED and o != stream):
+                return j - offset
+            if o != SHARED:
+                stream = o
+        return len(owners) - offset
+
+    def _forward(self, ids, positions, mask, cache, keep):
+        """One model call. ``mask`` None (with ``positions`` None) takes the model's own
+        causal path; ``keep`` is ``logits_to_keep`` (0 = all, an int = the last ones, or a
+        tensor of query indices). Returns ``(B, Q', V)`` logits, or with a mixer
+        ``(B, Q', D)`` hidden states for :meth:`_logits` to mix."""
+        kwargs = {"input_ids": ids, self.cache_keyword: cache, "use_cache": True}
+        if mask is not None:
+            dtype = next(self.model.parameters()).dtype
+            kwargs.update(position_ids=positions, attention_mask=additive(mask, dtype))
         if self.mixer is None:
-            return self.model(**kwargs, logits_to_keep=logits_to_keep).logits.float()
+            return self.model(**kwargs, logits_to_keep=keep).logits.float()
         hidden = states_to_mix(self.model, self.mix_layer, **kwargs)
-        if isinstance(logits_to_keep, torch.Tensor):
-            return hidden[:, logits_to_keep]
-        return hidden if logits_to_keep == 0 else hidden[:, -logits_to_keep:]
+        if isinstance(keep, torch.Tensor):
+            return hidden[:, keep]
+        return hidden if keep == 0 else hidden[:, -keep:]
 
     def _logits(self, picked: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         """Per-stream rows of :meth:`_forward`'s output -> ``(S, V)`` logits."""
@@ -367,7 +504,7 @@ class DecodingEngine:
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
         return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
-    def _append(self, st: _State, i: int, token: int, eos: set[int], config) -> None:
+    def _append(self, st: _State, i: int, token: int, eos: set[int], config: GenerationConfig) -> None:
         st.tokens[i].append(token)
         if token in eos:
             st.done[i], st.reasons[i] = True, "eos"
@@ -381,15 +518,23 @@ class DecodingEngine:
         if len(st.tokens[i]) >= config.max_new_tokens:
             st.done[i], st.reasons[i] = True, "length"
 
-    def _drop_finished_rows(self, st: _State, cache):
-        """Remove rows none of whose streams is still live from the cache."""
+    def _drop_finished_rows(self, st: _State, cache, keep_cache: bool):
+        """Remove rows none of whose streams is still live from the cache (keeping their
+        row caches aside when asked to)."""
         rows = st.cache_owner.shape[0]
         live_rows = sorted({int(st.stream_row[i]) for i in range(len(st.done)) if not st.done[i]})
         if len(live_rows) == rows:
             return cache
+        if keep_cache:
+            for i in range(len(st.done)):
+                r = int(st.stream_row[i])
+                if r >= 0 and r not in live_rows:
+                    st.kept[i] = row_cache(cache, st.cache_owner, st.cache_ids, r)
         keep = torch.tensor(live_rows, device=st.cache_owner.device)
         cache.batch_select_indices(keep)
-        st.cache_owner = st.cache_owner[keep]
+        st.cache_owner, st.cache_ids = st.cache_owner[keep], st.cache_ids[keep]
+        if st.cache_column is not None:
+            st.cache_column = st.cache_column[keep]
         remap = torch.full((rows,), -1, dtype=torch.long, device=keep.device)
         remap[keep] = torch.arange(len(live_rows), device=keep.device)
         st.stream_row = remap[st.stream_row.clamp(min=0)].where(st.stream_row >= 0, st.stream_row)
@@ -427,19 +572,43 @@ class DecodingEngine:
         )
         return ids, pos, own, where
 
-    def _check_window(self, layout: Layout, config: GenerationConfig) -> None:
+    @staticmethod
+    def _stream_configs(layout: Layout, config) -> list[GenerationConfig]:
+        configs = [config] * layout.num_streams if isinstance(config, GenerationConfig) else list(config)
+        if len(configs) != layout.num_streams:
+            raise ValueError(f"{len(configs)} generation configs for {layout.num_streams} streams")
+        shared = {(c.temperature, c.top_p, c.seed, c.eos_token_ids, c.output_logits) for c in configs}
+        if len(shared) > 1:
+            raise ValueError("streams of one call must share temperature, top_p, seed, eos_token_ids "
+                             "and output_logits; only max_new_tokens and stop_strings may differ")
+        return configs
+
+    def _check_layout(self, layout: Layout) -> None:
+        if bool((layout.owner == SHARED).any()) or layout.columnar:
+            self.require_branch_support()
+        if layout.columnar:
+            self.require_rope2d()
+
+    def _check_window(self, layout: Layout, configs: list[GenerationConfig]) -> None:
         limit = self.max_positions
         if limit is None:
             return
-        need = int(layout.next_position.max()) + config.max_new_tokens
-        if need > limit:
+        need = [int(p) + c.max_new_tokens for p, c in zip(layout.next_position, configs)]
+        worst = max(range(len(need)), key=need.__getitem__)
+        if need[worst] > limit:
             raise ValueError(
-                f"prompt of {int(layout.next_position.max())} tokens plus max_new_tokens="
-                f"{config.max_new_tokens} exceeds the model's context window of {limit} tokens"
+                f"prompt of {int(layout.next_position[worst])} tokens plus max_new_tokens="
+                f"{configs[worst].max_new_tokens} exceeds the model's context window of {limit} tokens"
             )
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _to(past: RowCache | None, device) -> RowCache | None:
+    if past is None or past.keys[0].device == device:
+        return past
+    return RowCache(past.tokens, [k.to(device) for k in past.keys], [v.to(device) for v in past.values])
 
 
 def _cache_bytes(cache) -> int:

@@ -14,6 +14,10 @@ positions, transformers must never be left to guess a mask (it would guess packe
 sequences). A padding query sees only itself so that no attention row is fully masked
 (an all-masked row turns into NaN under sdpa, and a NaN key poisons every real query).
 
+A row may also start from KV computed earlier (``Layout.past``, one
+:class:`~paralleldecode.decoding.cache.RowCache` per row): those slots come before the
+layout's own, are seen by every stream of the row, and are not computed again.
+
 Shapes: ``B`` rows, ``T`` prompt length, ``L`` cached slots, ``K`` tokens fed per row in a
 step, ``S`` streams.
 """
@@ -21,8 +25,12 @@ step, ``S`` streams.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from paralleldecode.decoding.cache import RowCache
 
 SHARED = -1
 PAD = -2
@@ -53,6 +61,9 @@ class Layout:
         pending: per stream, prompt tokens that are not in the prefill but fed one per
             decoding step before the stream starts generating (columnar layouts keep every
             step's tokens in one column); None = none.
+        past: per row, KV already computed for tokens that precede the row's slots (or
+            None for a row without): positions then continue after it, and every stream of
+            the row sees it. None = no row has any.
     """
 
     input_ids: torch.Tensor
@@ -64,12 +75,22 @@ class Layout:
     stream_group: torch.Tensor | None = None
     isolate: bool = False
     pending: list[list[int]] | None = None
+    past: list[RowCache | None] | None = None
 
     def __post_init__(self) -> None:
         if self.stream_group is None:
             self.stream_group = torch.zeros(self.stream_row.numel(), dtype=torch.long)
         if self.pending is None:
             self.pending = [[] for _ in range(self.num_streams)]
+        if self.past is not None and len(self.past) != self.input_ids.shape[0]:
+            raise ValueError(f"Layout.past has {len(self.past)} entries for {self.input_ids.shape[0]} rows")
+        if self.past is not None and self.columnar:
+            raise ValueError("columnar layouts cannot start from a row cache (Layout.past)")
+
+    @property
+    def past_tokens(self) -> int:
+        """Tokens held in the rows' caches (``past``), over all rows."""
+        return sum(len(p) for p in self.past or () if p is not None)
 
     @property
     def columnar(self) -> bool:
@@ -101,7 +122,7 @@ class Layout:
     @property
     def processed_tokens(self) -> int:
         """Prompt tokens the model computes, padding excluded: the prefill's, plus pending
-        ones (fed during the decoding steps)."""
+        ones (fed during the decoding steps); tokens of ``past`` were computed before."""
         return int((self.owner != PAD).sum()) + sum(len(p) for p in self.pending)
 
 
@@ -150,12 +171,15 @@ def visibility(query_owner: torch.Tensor, key_owner: torch.Tensor) -> torch.Tens
     return ((k == q) | (k == SHARED)) & (k != PAD)
 
 
-def prefill_mask(owner: torch.Tensor) -> torch.Tensor:
-    """``(B, T, T)`` bool mask for a prompt: visible, causal by slot order; pads see self."""
+def prefill_mask(owner: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """``(B, T - start, T)`` bool mask for the prompt slots ``start..T-1`` (a chunk of a
+    prefill, whose keys are every slot up to it): visible, causal by slot order; pads see
+    themselves. ``start=0`` is a whole prompt."""
     t = owner.shape[1]
-    causal = torch.ones(t, t, dtype=torch.bool, device=owner.device).tril()
-    mask = visibility(owner, owner) & causal
-    return mask | _pad_self(owner, owner.shape[1], 0)
+    q = torch.arange(start, t, device=owner.device)[:, None]
+    causal = torch.arange(t, device=owner.device)[None, :] <= q
+    mask = visibility(owner[:, start:], owner) & causal
+    return mask | _pad_self(owner[:, start:], t, start)
 
 
 def step_mask(cache_owner: torch.Tensor, step_owner: torch.Tensor) -> torch.Tensor:
@@ -273,3 +297,46 @@ def shared_prefix(sequences: list[list[int]], pad_id: int) -> Layout:
         last_slot=torch.tensor(last),
         next_position=lengths,
     )
+
+
+def stack_layouts(layouts: list[Layout], pad_id: int) -> Layout:
+    """Several layouts as the rows of one (packing groups into one engine call).
+
+    Each layout's rows are left-padded to the longest row (pad slots are seen by nobody, so
+    every stream computes what it would alone); stream ``i`` of layout ``k`` becomes stream
+    ``i`` plus the streams of the layouts before it, and mixing groups are renumbered so
+    that streams of different layouts never share one.
+
+    Raises:
+        ValueError: the layouts mix columnar and 1D positions, or isolating and full
+            columnar masks.
+    """
+    if not layouts:
+        raise ValueError("stack_layouts needs at least one layout")
+    if len(layouts) == 1:
+        return layouts[0]
+    first = layouts[0]
+    if any(lay.columnar != first.columnar or lay.isolate != first.isolate for lay in layouts):
+        raise ValueError("stack_layouts: the layouts differ in positions (columnar or not) or isolate")
+    t = max(lay.input_ids.shape[1] for lay in layouts)
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in (
+        "input_ids", "position_ids", "owner", "stream_row", "last_slot", "next_position", "stream_group")}
+    pending, past, streams, rows, groups = [], [], 0, 0, 0
+    for lay in layouts:
+        b, shift = lay.input_ids.shape
+        shift = t - shift
+        pos_pad = (b, shift, 2) if lay.columnar else (b, shift)
+        parts["input_ids"].append(torch.cat([torch.full((b, shift), pad_id, dtype=torch.long), lay.input_ids], 1))
+        parts["position_ids"].append(torch.cat([torch.zeros(pos_pad, dtype=torch.long), lay.position_ids], 1))
+        owner = torch.where(lay.owner >= 0, lay.owner + streams, lay.owner)
+        parts["owner"].append(torch.cat([torch.full((b, shift), PAD, dtype=torch.long), owner], 1))
+        parts["stream_row"].append(lay.stream_row + rows)
+        parts["last_slot"].append(lay.last_slot + shift)
+        parts["next_position"].append(lay.next_position)
+        parts["stream_group"].append(lay.stream_group + groups)
+        pending += lay.pending
+        past += lay.past if lay.past is not None else [None] * b
+        streams, rows = streams + lay.num_streams, rows + b
+        groups += int(lay.stream_group.max()) + 1 if lay.num_streams else 0
+    return Layout(**{k: torch.cat(v) for k, v in parts.items()}, isolate=first.isolate, pending=pending,
+                  past=past if any(p is not None for p in past) else None)

@@ -207,3 +207,22 @@ def load_causal_lm(
         model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def cache_keyword(model) -> str:
+    """The keyword under which ``model``'s ``forward`` takes the KV cache.
+
+    transformers is renaming ``past_key_values`` to ``cache`` (5.24 accepts both and warns;
+    the old name goes away later), so the name is read from the signature of the decoder's
+    ``forward`` (what both the LM and the mixing path call), never from a version string.
+    """
+    import inspect
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    for module in (decoder, model):
+        params = inspect.signature(module.forward).parameters
+        if "cache" in params:
+            return "cache"
+        if "past_key_values" in params:
+            return "past_key_values"
+    return "past_key_values"
