@@ -49,12 +49,13 @@ class RemoteContext:
         reply: ReplyFormat,
         max_new_tokens: int | None = None,
         layout: str = "rows",
+        session=None,
     ) -> tuple[list[str], GenerationResult]:
         """Send one chat request per stream; see the module docstring for the differences."""
         del reply  # not primed remotely; parsing handles whole replies
-        if layout != "rows":
+        if layout != "rows" or session is not None:
             raise StrategyUnavailable(
-                f"layout {layout!r} needs token-level access to a local model; the {self.name} "
+                f"layout {layout!r}{' with a KV session' if session is not None else ''} needs token-level access to a local model; the {self.name} "
                 "back-end runs independent requests only"
             )
         gen = self.generation.budget(max_new_tokens)

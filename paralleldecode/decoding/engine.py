@@ -126,6 +126,8 @@ class GenerationResult:
             every generated token but the last, which was never fed); else None.
         prefill_passes: the model calls of the prefill (chunks; a plain prefix and the
             masked rest are separate calls); the other passes are decoding steps.
+        share: the part of the call's passes and time that belongs to these streams when
+            the call served several groups (packing); 1 otherwise.
     """
 
     streams: list[StreamResult]
@@ -137,6 +139,7 @@ class GenerationResult:
     prefill_seconds: float = 0.0
     caches: list[RowCache] | None = None
     prefill_passes: int = 1
+    share: float = 1.0
 
     @property
     def generated_tokens(self) -> int:

@@ -126,33 +126,43 @@ class Layout:
         return int((self.owner != PAD).sum()) + sum(len(p) for p in self.pending)
 
 
-def independent_rows(sequences: list[list[int]], pad_id: int) -> Layout:
+def independent_rows(sequences: list[list[int]], pad_id: int,
+                     past: list[RowCache | None] | None = None) -> Layout:
     """One stream per row, left-padded to the longest sequence.
 
     Args:
-        sequences: ``S`` non-empty lists of token ids.
+        sequences: ``S`` non-empty lists of token ids (whole prompts).
         pad_id: id written into padding slots (never attended to).
+        past: per sequence, a row cache to start from (or None): the leading tokens it
+            already holds (see :meth:`RowCache.reusable`) are not computed again; the row
+            holds the rest, at positions continuing after them.
     """
     if not sequences or any(len(s) == 0 for s in sequences):
         raise ValueError("independent_rows needs at least one sequence, none of them empty")
     n = len(sequences)
-    lengths = torch.tensor([len(s) for s in sequences])
-    t = int(lengths.max())
+    past = list(past) if past is not None else [None] * n
+    if len(past) != n:
+        raise ValueError(f"independent_rows: {len(past)} row caches for {n} sequences")
+    reuse = [p.reusable(s) if p is not None else 0 for p, s in zip(past, sequences)]
+    past = [p.prefix(k) if p is not None and k else None for p, k in zip(past, reuse)]
+    rest = [s[k:] for s, k in zip(sequences, reuse)]
+    t = max(len(s) for s in rest)
     input_ids = torch.full((n, t), pad_id, dtype=torch.long)
     owner = torch.full((n, t), PAD, dtype=torch.long)
     position_ids = torch.zeros((n, t), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        k = len(seq)
-        input_ids[i, t - k:] = torch.tensor(seq, dtype=torch.long)
-        owner[i, t - k:] = i
-        position_ids[i, t - k:] = torch.arange(k)
+    for i, (seq, k) in enumerate(zip(rest, reuse)):
+        m = len(seq)
+        input_ids[i, t - m:] = torch.tensor(seq, dtype=torch.long)
+        owner[i, t - m:] = i
+        position_ids[i, t - m:] = torch.arange(k, k + m)
     return Layout(
         input_ids=input_ids,
         position_ids=position_ids,
         owner=owner,
         stream_row=torch.arange(n),
         last_slot=torch.full((n,), t - 1, dtype=torch.long),
-        next_position=lengths,
+        next_position=torch.tensor([len(s) for s in sequences]),
+        past=past if any(p is not None for p in past) else None,
     )
 
 

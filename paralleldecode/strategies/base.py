@@ -15,13 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from paralleldecode.data.records import Question, QuestionGroup
+from paralleldecode.errors import OptionError, UserError
 from paralleldecode.decoding import (
     DecodingEngine,
     GenerationConfig,
     GenerationResult,
+    Layout,
     independent_rows,
     shared_prefix,
+    split_common_prefix,
 )
+from paralleldecode.decoding.cache import RowCache
 from paralleldecode.decoding.columnar import columnar_prompts
 from paralleldecode.metrics import score
 from paralleldecode.prompts import Message, Parsed, PromptRenderer, ReplyFormat, parse_answer
@@ -34,7 +38,7 @@ LAYOUTS = {
 }
 
 
-class UnknownStrategyError(ValueError):
+class UnknownStrategyError(OptionError):
     """A strategy name that is not registered; the message lists the registered ones."""
 
 
@@ -43,7 +47,7 @@ class StrategyUnavailable(RuntimeError):
     runner skips it and puts the message in the summary instead of failing the whole run."""
 
 
-class ContextTooLongError(ValueError):
+class ContextTooLongError(UserError, ValueError):
     """A prompt does not fit the model's context window; the message names the group."""
 
 
@@ -54,24 +58,26 @@ class Cost:
     Attributes:
         prompt_tokens: prompt tokens the model actually processed (after any sharing).
         generated_tokens: tokens generated, stop tokens included.
-        forward_passes: model calls.
-        wall_seconds: wall time of the strategy on the group.
+        forward_passes: model calls (a group's share of calls it shared with other groups).
+        wall_seconds: wall time of the strategy on the group (its share of a packed batch's).
         decode_seconds: the part of it spent in decoding steps after prefills.
         peak_cache_bytes: the largest KV cache any of its generate calls held.
     """
 
     prompt_tokens: int = 0
     generated_tokens: int = 0
-    forward_passes: int = 0
+    forward_passes: float = 0
     wall_seconds: float = 0.0
     decode_seconds: float = 0.0
     peak_cache_bytes: int = 0
 
     def add(self, res: GenerationResult) -> None:
+        """Count one generate call; a call shared by several groups (packing) counts its
+        passes and decoding time by the group's ``share`` of it."""
         self.prompt_tokens += res.prompt_tokens_processed
         self.generated_tokens += res.generated_tokens
-        self.forward_passes += res.forward_passes
-        self.decode_seconds += res.wall_seconds - res.prefill_seconds
+        self.forward_passes += res.forward_passes * res.share
+        self.decode_seconds += (res.wall_seconds - res.prefill_seconds) * res.share
         self.peak_cache_bytes = max(self.peak_cache_bytes, res.peak_cache_bytes)
 
 
@@ -137,6 +143,15 @@ class GroupRun:
 
 
 @dataclass
+class KVSession:
+    """The KV a strategy keeps from one call to the next (``sequential_cached``): after each
+    :meth:`RunContext.generate` with this session, ``cache`` holds the stream's prompt and
+    reply; the next call computes only what its prompt adds to it."""
+
+    cache: RowCache | None = None
+
+
+@dataclass
 class RunContext:
     """What a strategy runs with.
 
@@ -148,6 +163,8 @@ class RunContext:
             raising :class:`ContextTooLongError`.
         model_name: what the local model was loaded from (trained strategies look for
             checkpoints by it).
+        packer: when set, the engine calls of several groups' strategy runs are stacked
+            into one (see :mod:`paralleldecode.strategies.packing`); strategies never see it.
     """
 
     engine: DecodingEngine
@@ -155,6 +172,7 @@ class RunContext:
     generation: GenerationConfig
     truncate_context: bool = False
     model_name: str | None = None
+    packer: Any = None
 
     def generate(
         self,
@@ -163,24 +181,67 @@ class RunContext:
         reply: ReplyFormat,
         max_new_tokens: int | None = None,
         layout: str = "rows",
+        session: KVSession | None = None,
     ) -> tuple[list[str], GenerationResult]:
         """Render ``build(group)`` (one message list per stream) primed with ``reply``, fit
         the window, and generate the streams together.
 
         Args:
-            layout: ``"rows"`` (each stream its own padded row), ``"shared_prefix"`` (one
-                row: the streams' common prefix once, then one branch per stream), or
-                ``"columnar"`` / ``"columnar_isolated"`` (the common prefix as background,
-                branches decoded column by column under 2D positions; needs the 2D RoPE).
+            layout: ``"rows"`` (each stream its own padded row), ``"prefix_cached"`` (rows
+                whose common prefix is prefilled once and its KV copied into every row),
+                ``"shared_prefix"`` (one row: the streams' common prefix once, then one
+                branch per stream), or ``"columnar"`` / ``"columnar_isolated"`` (the common
+                prefix as background, branches decoded column by column under 2D
+                positions; needs the 2D RoPE).
+            session: one stream in rows that continues from the session's KV (the tokens
+                its prompt shares with it are not computed again) and leaves its own KV
+                there for the next call.
 
         Returns:
-            each stream's whole reply (see :meth:`ReplyFormat.complete`), and the result.
+            each stream's whole reply (see :meth:`ReplyFormat.complete`), and the result
+            (for ``prefix_cached``, the prefix's prefill and the generation together).
         """
         gen = self.generation.budget(max_new_tokens)
         gen = dataclasses.replace(gen, stop_strings=(reply.close, *gen.stop_strings))
         ids = self.fit(group, build, gen.max_new_tokens, reply.prefix)
-        res = self.engine.generate(LAYOUTS[layout](ids, self.engine.pad_id), gen)
+        pad = self.engine.pad_id
+        if session is not None:
+            if len(ids) != 1 or layout != "rows":
+                raise ValueError("a KV session carries one stream in rows")
+            res = self.run_engine(independent_rows(ids, pad, past=[session.cache]), gen, keep_cache=True)
+            session.cache = res.caches[0]
+        elif layout == "prefix_cached":
+            res = self._prefix_cached(ids, gen)
+        else:
+            res = self.run_engine(LAYOUTS[layout](ids, pad), gen)
         return [reply.complete(s.text, s.finish_reason) for s in res.streams], res
+
+    def _prefix_cached(self, ids: list[list[int]], gen: GenerationConfig) -> GenerationResult:
+        """Prefill the prompts' common prefix once in one row, then decode rows that each
+        start from a copy of its KV; without a common prefix this is ``rows``."""
+        prefix, _ = split_common_prefix(ids)
+        if not prefix:
+            return self.run_engine(independent_rows(ids, self.engine.pad_id), gen)
+        pre = self.run_engine(independent_rows([prefix], self.engine.pad_id), None)
+        res = self.run_engine(independent_rows(ids, self.engine.pad_id, past=pre.caches * len(ids)), gen)
+        return dataclasses.replace(
+            res, forward_passes=res.forward_passes + pre.forward_passes,
+            prompt_tokens_processed=res.prompt_tokens_processed + pre.prompt_tokens_processed,
+            wall_seconds=res.wall_seconds + pre.wall_seconds,
+            prefill_seconds=res.prefill_seconds + pre.prefill_seconds,
+            prefill_passes=res.prefill_passes + pre.prefill_passes,
+            peak_cache_bytes=max(res.peak_cache_bytes, pre.peak_cache_bytes),
+            # Each view's share of the calls it took part in (see Cost.add).
+            share=(res.forward_passes * res.share + pre.forward_passes * pre.share)
+            / (res.forward_passes + pre.forward_passes))
+
+    def run_engine(self, layout: Layout, gen: GenerationConfig | None, keep_cache: bool = False) -> GenerationResult:
+        """One engine call (``gen`` None: a prefill only), through the packer when set."""
+        if self.packer is not None:
+            return self.packer.call(self.engine, layout, gen, keep_cache)
+        if gen is None:
+            return self.engine.prefill(layout)
+        return self.engine.generate(layout, gen, keep_cache=keep_cache)
 
     def fit(
         self,
@@ -253,6 +314,14 @@ class Strategy:
             answer_type=q.answer_type, options=q.options, error=error,
         )
 
+    def failed(self, group: QuestionGroup, error: str) -> GroupRun:
+        """The run of a group this strategy failed on: every question recorded with
+        ``finish_reason: error`` and the message, an empty answer, and no cost."""
+        results = [self.result(group, q, "", Parsed("", False), "error", prompt_tokens=0,
+                               generated_tokens=0, forward_passes=0, latency_s=0.0, error=error)
+                   for q in group.questions]
+        return GroupRun(results, Cost())
+
     def single_answers(
         self, group: QuestionGroup, questions: list[Question], replies: list[str],
         res: GenerationResult, latency_s: float,
@@ -297,7 +366,7 @@ def get_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
         )
     unknown = sorted(set(options or {}) - set(strategy_options(name)))
     if unknown:
-        raise ValueError(
+        raise OptionError(
             f"strategy {name!r} has no option {', '.join(map(repr, unknown))}; accepted: "
             f"{', '.join(strategy_options(name)) or 'none'}"
         )

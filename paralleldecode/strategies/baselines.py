@@ -8,6 +8,19 @@
 * ``one_sequence``: the same prompts as ``batch``, but in one sequence: their common prefix
   (instructions and context) is computed once and each question is a branch after it;
   every decoding step feeds one token per live branch in a single forward pass.
+
+Two baselines do what a serving engine with prefix caching does, so the shared-prefix
+strategies are measured against what users really run, not only against recomputation:
+
+* ``batch_cached``: ``batch``'s prompts; their common prefix is prefilled once in one row,
+  its KV copied into one row per question, then each row prefills the rest of its prompt and
+  the rows decode as an ordinary batch (vLLM's automatic prefix caching, SGLang's ``fork``).
+* ``sequential_cached``: ``sequential``'s conversation, keeping the KV of everything
+  processed so far from turn to turn; each turn computes only what is new (the last reply
+  as the chat template writes it, and the next question), as a chat server with prefix
+  caching does.
+
+Under greedy decoding each gives its plain counterpart's answers token for token.
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ from paralleldecode.prompts import (
     one_question,
     parse_answers,
 )
-from paralleldecode.strategies.base import Cost, GroupRun, RunContext, Strategy, Timer, register
+from paralleldecode.strategies.base import Cost, GroupRun, KVSession, RunContext, Strategy, Timer, register
 
 
 @register
@@ -49,11 +62,14 @@ class AllInOne(Strategy):
 @register
 class Sequential(Strategy):
     name = "sequential"
+    cached = False
 
     def run(self, group: QuestionGroup, ctx: RunContext) -> GroupRun:
         clock, cost, results, asked = Timer(), Cost(), [], []
+        session = KVSession() if self.cached else None
         for q in group.questions:
-            (reply,), res = ctx.generate(group, lambda g, q=q: [conversation(g, asked, q)], ONE_ANSWER)
+            (reply,), res = ctx.generate(group, lambda g, q=q: [conversation(g, asked, q)], ONE_ANSWER,
+                                         session=session)
             results += self.single_answers(group, [q], [reply], res, clock())
             cost.add(res)
             asked.append((q, reply))
@@ -75,6 +91,24 @@ class Batch(Strategy):
         cost = Cost(wall_seconds=wall)
         cost.add(res)
         return GroupRun(results, cost)
+
+
+@register
+class SequentialCached(Sequential):
+    """``sequential`` with the conversation's KV kept across turns."""
+
+    name = "sequential_cached"
+    cached = True
+    needs_local_model = True
+
+
+@register
+class BatchCached(Batch):
+    """``batch`` with the prompts' common prefix prefilled once and copied into every row."""
+
+    name = "batch_cached"
+    layout = "prefix_cached"
+    needs_local_model = True
 
 
 @register

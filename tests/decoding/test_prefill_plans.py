@@ -99,10 +99,8 @@ def test_rows_starting_from_a_prefilled_prefix_equal_whole_prompts(model_and_tok
     pre = engine.prefill(independent_rows([prefix], tok.pad_token_id))
     assert pre.streams == [] and len(pre.caches) == 1 and pre.caches[0].tokens == prefix
     assert pre.prompt_tokens_processed == len(prefix)
-    lay = independent_rows(suffixes, tok.pad_token_id)
-    lay.past = [pre.caches[0]] * len(ids)
-    lay.position_ids = torch.where(lay.owner == PAD, 0, lay.position_ids + len(prefix))
-    lay.next_position = lay.next_position + len(prefix)
+    lay = independent_rows(ids, tok.pad_token_id, past=[pre.caches[0]] * len(ids))
+    assert lay.input_ids.shape[1] == max(len(s) for s in suffixes)
     res = engine.generate(lay, GREEDY)
     plain = engine.generate(independent_rows(ids, tok.pad_token_id), GREEDY)
     assert _tokens(res) == _tokens(plain)
@@ -123,15 +121,17 @@ def test_keep_cache_continues_a_conversation_exactly(model_and_tok):
         assert isinstance(kept, RowCache) and kept.keys[0].shape[1] == len(kept)
     # Continue both conversations with new text: only the new tokens are computed.
     more = [k.tokens + s.token_ids[-1:] + tok(" And then?")["input_ids"] for k, s in zip(res.caches, res.streams)]
-    lay = independent_rows([m[len(k):] for m, k in zip(more, res.caches)], tok.pad_token_id)
-    lay.past = list(res.caches)
-    offsets = torch.tensor([len(k) for k in res.caches])
-    lay.position_ids = torch.where(lay.owner == PAD, 0, lay.position_ids + offsets[:, None])
-    lay.next_position = lay.next_position + offsets
+    lay = independent_rows(more, tok.pad_token_id, past=res.caches)
     cont = engine.generate(lay, GREEDY)
     again = engine.generate(independent_rows(more, tok.pad_token_id), GREEDY)
     assert _tokens(cont) == _tokens(again)
     assert cont.prompt_tokens_processed == sum(len(m) - len(k) for m, k in zip(more, res.caches))
+    # A cache that shares only part of a prompt is cut where they differ.
+    edited = [more[0][:5] + [more[0][5] + 1] + more[0][6:]]
+    lay = independent_rows(edited, tok.pad_token_id, past=res.caches[:1])
+    assert lay.past[0].tokens == more[0][:5] and lay.processed_tokens == len(edited[0]) - 5
+    assert _tokens(engine.generate(lay, GREEDY)) == _tokens(engine.generate(
+        independent_rows(edited, tok.pad_token_id), GREEDY))
 
 
 def test_kept_caches_survive_rows_that_finish_early(model_and_tok):
