@@ -3,12 +3,20 @@
 Thin wiring: the model is loaded in :meth:`configure_model` (so ``--help``, config checks
 and ``run=False`` instantiation never load weights), each predict batch of groups goes
 through every strategy in turn (A B C on one group, then the next group, so drift on a
-shared machine hits all strategies alike), and per-strategy figures are accumulated in
-torchmetrics metrics that sync across ranks.
+shared machine hits all strategies alike; with ``pack_groups`` each strategy takes the whole
+batch at once), and per-strategy figures are accumulated in torchmetrics metrics that sync
+across ranks.
+
+Each strategy on each group is a *unit*: when it finishes it is counted and handed to the
+prediction writer, which puts it on disk at once (:mod:`paralleldecode.run_folder`). A unit
+that fails is recorded as failed questions and the run goes on; a unit a resumed run
+already holds is restored instead of computed; SIGTERM stops the run between units.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import signal
 import warnings
 from typing import Any
 
@@ -16,6 +24,7 @@ import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torchmetrics.text import BLEUScore
 
 from paralleldecode.data.records import QuestionGroup
@@ -27,13 +36,21 @@ from paralleldecode.decoding import DecodingEngine, GenerationConfig
 from paralleldecode.metrics import METRICS_BY_TYPE, FormatRate, MeanScore, spaced
 from paralleldecode.models.loading import DEFAULT_MODEL, load_causal_lm
 from paralleldecode.prompts import PromptRenderer
+from paralleldecode.backends.openai_api import one_line
+from paralleldecode.errors import OptionError
+from paralleldecode.run_folder import refuse_overwrite, run_of, unit_of
 from paralleldecode.strategies import GroupRun, RunContext, StrategyUnavailable, get_strategy
+from paralleldecode.strategies.base import Timer
+from paralleldecode.strategies.packing import Packer
 
 from lightning_modules.writer import PredictionWriter
 
+ON_ERROR = ("record", "raise")
+
 # Every per-answer score is averaged, except BLEU-4: that one is pooled over the corpus.
 _MEAN_SCORES = tuple(k for keys in METRICS_BY_TYPE.values() for k in keys if k != "bleu4")
-_COSTS = ("questions", "prompt_tokens", "generated_tokens", "forward_passes", "wall_seconds")
+_COSTS = ("questions", "prompt_tokens", "generated_tokens", "forward_passes", "wall_seconds",
+          "failed_questions")
 
 
 class StrategyFigures(nn.Module):
@@ -71,11 +88,20 @@ class StrategyFigures(nn.Module):
         failures = sum(1 for r in run.results if r.judge_error)
         self.judge_failures.update(torch.tensor(float(failures), dtype=torch.float64))
         c = run.cost
+        failed = sum(1 for r in run.results if r.finish_reason == "error")
         for key, value in zip(_COSTS, (len(run.results), c.prompt_tokens, c.generated_tokens,
-                                       c.forward_passes, c.wall_seconds)):
+                                       c.forward_passes, c.wall_seconds, failed)):
             self.costs[key].update(torch.tensor(float(value), dtype=torch.float64))
 
     def compute(self) -> dict[str, float]:
+        # A figure nothing updated on this rank (BLEU of a short-answer set, judge scores
+        # without a judge, a strategy that was skipped) computes to its empty value:
+        # expected here, so torchmetrics' warning about it is not shown.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*compute.*before the ``update``")
+            return self._compute()
+
+    def _compute(self) -> dict[str, float]:
         out = {k: float(m.compute()) for k, m in self.quality.items()}
         # Every rank computes both (compute is collective); BLEU of no answers is undefined.
         has_long = float(self.long_answers.compute()) > 0
@@ -90,6 +116,7 @@ class StrategyFigures(nn.Module):
         for k, m in self.costs.items():
             v = float(m.compute())
             out[k] = v if k == "wall_seconds" else int(round(v))
+        out["questions_per_second"] = out["questions"] / out["wall_seconds"] if out["wall_seconds"] > 0 else float("nan")
         return out
 
     def reset(self) -> None:
@@ -125,6 +152,16 @@ class StrategyModule(L.LightningModule):
         strategy_options: per strategy name, its options, e.g.
             ``{collab_llm: {max_dependencies: 2, cost_weight: 0.001, html_dir: runs/html}}``;
             unknown names or options are refused with the accepted ones.
+        pack_groups: decode the groups of a predict batch (``data.batch_size``) together:
+            every engine call of a strategy serves all of them (see
+            :mod:`paralleldecode.strategies.packing`); answers are those of an unpacked run.
+            A no-op with batch size 1 and on API back-ends.
+        prefill_chunk: most prompt tokens per row in one prefill forward pass.
+        resume: continue the run whose outputs ``output_dir`` holds: every strategy and
+            group already answered there is kept as it was, only the rest is computed.
+        on_error: ``record`` (a strategy failing on one group records that group's
+            questions with ``finish_reason: error`` and the message, and the run goes on) or
+            ``raise`` (stop at the first failure, for debugging).
     """
 
     def __init__(
@@ -144,26 +181,25 @@ class StrategyModule(L.LightningModule):
         backend: OpenAIClient | VLLMClient | None = None,
         judge: LLMJudge | None = None,
         strategy_options: dict[str, dict[str, Any]] | None = None,
+        pack_groups: bool = False,
+        prefill_chunk: int = 512,
+        resume: bool = False,
+        on_error: str = "record",
     ) -> None:
         super().__init__()
         # Clients are objects, not hyperparameters; LightningCLI's config.yaml records them.
         self.save_hyperparameters(ignore=["backend", "judge"])
-        if not strategies:
-            raise ValueError("model.strategies is empty; name at least one strategy")
-        if len(set(strategies)) != len(strategies):
-            raise ValueError(f"model.strategies lists a strategy twice: {strategies}")
-        # Fails here, before any weights load, on an unknown name.
+        check_options(strategies, strategy_options, on_error, prefill_chunk)
+        # Fails here, before any weights load, on an unknown name or a folder in the way.
+        refuse_overwrite(output_dir, resume)
         options = strategy_options or {}
-        stray = sorted(set(options) - set(strategies))
-        if stray:
-            raise ValueError(f"model.strategy_options names {stray}, which are not in model.strategies {strategies}")
         self.strategies = [get_strategy(name, options.get(name)) for name in strategies]
         self.backend = backend
         self.judge = judge
         if backend is not None:
             for strategy in self.strategies:
                 if strategy.requirements():
-                    raise ValueError(
+                    raise OptionError(
                         f"strategy {strategy.name!r} needs {' and '.join(strategy.requirements())}; it "
                         f"cannot run on the {type(backend).__name__} back-end. Remove it from "
                         "model.strategies or run it on a local model (model.model_name)"
@@ -177,6 +213,8 @@ class StrategyModule(L.LightningModule):
         self.tokenizer = None
         # Strategies that cannot run here (e.g. no trained checkpoint): name -> reason.
         self.skipped: dict[str, str] = {}
+        # The prediction writer: where finished units go and restored ones come from.
+        self.sink = None
 
     # -- model ----------------------------------------------------------------------------
 
@@ -204,33 +242,125 @@ class StrategyModule(L.LightningModule):
         if self.model is None:
             self.configure_model()
         return RunContext(
-            engine=DecodingEngine(self.model, self.tokenizer),
+            engine=DecodingEngine(self.model, self.tokenizer, prefill_chunk=self.hparams.prefill_chunk),
             renderer=PromptRenderer(self.tokenizer, self.hparams.use_chat_template),
             generation=self.generation,
             truncate_context=self.hparams.truncate_context,
             model_name=self.hparams.model_name,
         )
 
+    def answer_settings(self) -> dict[str, Any]:
+        """The options that decide the answers (a resumed run must use the same): all but
+        the strategy list (a resumed run may add strategies) and how the work is run."""
+        how = {"strategies", "output_dir", "resume", "on_error", "pack_groups", "prefill_chunk"}
+        settings = {k: v for k, v in self.hparams.items() if k not in how}
+        settings["backend"] = repr(self.backend) if self.backend is not None else None
+        return settings
+
     # -- predict --------------------------------------------------------------------------
 
     def predict_step(self, batch: list[QuestionGroup], batch_idx: int) -> list[dict[str, Any]]:
         ctx = self.context()
-        records: list[dict[str, Any]] = []
-        for group in batch:
+        index = self.sink.group_indices(batch, batch_idx) if self.sink is not None else \
+            [batch_idx * len(batch) + i for i in range(len(batch))]
+        units: list[dict[str, Any]] = []
+        packed = self.hparams.pack_groups and len(batch) > 1 and isinstance(ctx, RunContext)
+        if packed:
             for strategy in self.strategies:
-                if strategy.name in self.skipped:
-                    continue
-                try:
-                    run = strategy.run(group, ctx)
-                except StrategyUnavailable as err:
-                    self.skipped[strategy.name] = str(err)
-                    print(f"skipping strategy {strategy.name!r}: {err}", flush=True)
-                    continue
-                if self.judge is not None:
-                    self._judge(run)
-                self.figures[strategy.name].update(run)
-                records.extend(r.to_dict() for r in run.results)
-        return records
+                units += self._run_packed(strategy, batch, index, ctx)
+        else:
+            # A B C on one group, then the next: drift on a shared machine hits all alike.
+            for group, gi in zip(batch, index):
+                for strategy in self.strategies:
+                    restored = self._restore(strategy, group, gi)
+                    if restored is not None:
+                        units.append(restored)
+                        continue
+                    self._check_stop()
+                    unit = self._finish(strategy, group, gi, self._attempt(strategy, group, ctx))
+                    if unit is not None:
+                        units.append(unit)
+        return [rec for unit in units for rec in unit["records"]]
+
+    def _run_packed(self, strategy, batch, index, ctx: RunContext) -> list[dict[str, Any]]:
+        """One strategy on all groups of the batch, their engine calls stacked."""
+        units, todo = [], []
+        for group, gi in zip(batch, index):
+            restored = self._restore(strategy, group, gi)
+            if restored is not None:
+                units.append(restored)
+            else:
+                todo.append((group, gi))
+        if not todo or strategy.name in self.skipped:
+            return units
+        self._check_stop()
+        packer = Packer()
+        packed_ctx = dataclasses.replace(ctx, packer=packer)
+        clock = Timer()
+        outcomes = packer.run([lambda g=g: self._attempt(strategy, g, packed_ctx) for g, _ in todo],
+                              between=self._check_stop)
+        wall = clock()
+        for (group, gi), outcome in zip(todo, outcomes):
+            if isinstance(outcome, GroupRun):
+                # The groups ran side by side: each gets its share of the batch's time.
+                outcome.cost.wall_seconds = wall / len(todo)
+            unit = self._finish(strategy, group, gi, outcome)
+            if unit is not None:
+                units.append(unit)
+        return units
+
+    def _attempt(self, strategy, group: QuestionGroup, ctx) -> GroupRun | Exception:
+        """The strategy's run on the group, or the exception it raised (``on_error: raise``
+        lets it through)."""
+        if strategy.name in self.skipped:
+            return StrategyUnavailable(self.skipped[strategy.name])
+        try:
+            return strategy.run(group, ctx)
+        except StrategyUnavailable as err:
+            return err
+        except Exception as err:  # noqa: BLE001 - recorded per group (on_error: record)
+            if self.hparams.on_error == "raise":
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # after an out-of-memory error, give the memory back
+            return err
+
+    def _finish(self, strategy, group: QuestionGroup, gi: int, outcome) -> dict[str, Any] | None:
+        """Count a finished unit (or a failed one) and hand it to the writer."""
+        if isinstance(outcome, StrategyUnavailable):
+            if strategy.name not in self.skipped:
+                self.skipped[strategy.name] = str(outcome)
+                print(f"skipping strategy {strategy.name!r}: {outcome}", flush=True)
+            return None
+        if isinstance(outcome, BaseException):
+            msg = f"{type(outcome).__name__}: {one_line(str(outcome))}"
+            print(f"strategy {strategy.name!r} failed on group {group.id!r}: {msg}", flush=True)
+            outcome = strategy.failed(group, msg)
+        elif self.judge is not None:
+            self._judge(outcome)
+        self.figures[strategy.name].update(outcome)
+        unit = unit_of(strategy.name, group, gi, outcome)
+        if self.sink is not None:
+            self.sink.write(unit)
+        return unit
+
+    def _restore(self, strategy, group: QuestionGroup, gi: int) -> dict[str, Any] | None:
+        """The unit a resumed run already holds for this strategy and group, counted again
+        as if computed now (its measured figures kept), or None."""
+        unit = self.sink.restored(strategy.name, group) if self.sink is not None else None
+        if unit is None:
+            return None
+        unit = {**unit, "group_index": gi,
+                "records": [{**rec, "group_index": gi} for rec in unit["records"]]}
+        self.figures[strategy.name].update(run_of(unit))
+        self.sink.write(unit)
+        return unit
+
+    def _check_stop(self) -> None:
+        """Stop between units when the process was asked to (SIGTERM): every finished unit
+        is on disk already, and ``resume: true`` continues after them."""
+        if self._trainer is not None and self.trainer.received_sigterm:
+            raise SIGTERMException(128 + signal.SIGTERM)  # the exit status of a SIGTERM
 
     def _judge(self, run: GroupRun) -> None:
         """Score the run's long answers with the judge (cached, so reruns do not pay)."""
@@ -249,16 +379,26 @@ class StrategyModule(L.LightningModule):
     def summary(self) -> dict[str, dict[str, float]]:
         """Per-strategy figures over everything predicted so far, synced across ranks
         (every rank must call it); a skipped strategy has only ``skipped``: the reason."""
-        figures = {}
-        for name, fig in self.figures.items():
-            # compute() is collective, so skipped strategies compute too (with no updates).
-            with warnings.catch_warnings():
-                if name in self.skipped:
-                    warnings.filterwarnings("ignore", message=".*compute.*before the ``update``")
-                figures[name] = fig.compute()
+        # compute() is collective, so skipped strategies compute too (with no updates).
+        figures = {name: fig.compute() for name, fig in self.figures.items()}
         return {name: ({"skipped": self.skipped[name]} if name in self.skipped else fig)
                 for name, fig in figures.items()}
 
     def configure_callbacks(self):
-        return [PredictionWriter(self.hparams.output_dir)]
+        return [PredictionWriter(self.hparams.output_dir, resume=self.hparams.resume)]
 
+
+def check_options(strategies: list[str], strategy_options: dict[str, Any] | None, on_error: str,
+                  prefill_chunk: int) -> None:
+    """The module's own option rules (each strategy checks its options itself)."""
+    if not strategies:
+        raise OptionError("model.strategies is empty; name at least one strategy")
+    if len(set(strategies)) != len(strategies):
+        raise OptionError(f"model.strategies lists a strategy twice: {strategies}")
+    stray = sorted(set(strategy_options or {}) - set(strategies))
+    if stray:
+        raise OptionError(f"model.strategy_options names {stray}, which are not in model.strategies {strategies}")
+    if on_error not in ON_ERROR:
+        raise OptionError(f"model.on_error must be one of {', '.join(ON_ERROR)}; got {on_error!r}")
+    if prefill_chunk < 1:
+        raise OptionError(f"model.prefill_chunk must be >= 1, got {prefill_chunk}")

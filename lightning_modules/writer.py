@@ -1,75 +1,133 @@
-"""Writes a predict run's outputs: ``predictions.jsonl``, ``summary.json``, a plot, and
-TensorBoard scalars.
+"""Writes a predict run's outputs: the units as they finish, then ``predictions.jsonl``,
+``group_costs.jsonl``, ``summary.json``, a plot and TensorBoard scalars.
 
-Under DDP every rank appends its own ``predictions.rank<R>.jsonl`` as batches finish; after
-the epoch, all ranks compute the (synced) summary, wait at a barrier, and rank 0 merges the
-rank files into one ``predictions.jsonl`` exactly once, ordered by strategy, then by group
-as the data module listed them, then by question.
+Every process appends each finished unit (one strategy on one group) to its own part file
+the moment it finishes (see :mod:`paralleldecode.run_folder`); after the epoch, all ranks
+compute the (synced) summary, wait at a barrier, and rank 0 merges this run's part files
+into the finished files exactly once, ordered by strategy, then by group as the data module
+listed them, then by question, and only then removes the part files. With ``resume`` every
+process first reads what the folder already holds, and the module restores those units
+instead of computing them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+import paralleldecode
+from paralleldecode import run_folder
 from paralleldecode.reporting import format_table, write_plot
 
 
 class PredictionWriter(BasePredictionWriter):
     """Args:
         output_dir: where to write; None = the trainer's log directory (or its root dir).
+        resume: continue the run the folder holds (see the module docstring).
     """
 
-    def __init__(self, output_dir: str | None = None) -> None:
+    def __init__(self, output_dir: str | None = None, resume: bool = False) -> None:
+        # Interval "batch" makes Lightning track each batch's indices into the group list.
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
+        self.resume = resume
         self.folder: Path | None = None
+        self.units: dict[run_folder.Key, dict[str, Any]] = {}
+        self.run_id = ""
+        self.settings: dict[str, Any] = {}
+        self._trainer = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "predict" or not hasattr(pl_module, "answer_settings"):
+            return
+        data = getattr(trainer, "datamodule", None)
+        hp = dict(getattr(data, "hparams", {}) or {})
+        hp.pop("batch_size", None)  # how groups are batched does not change answers
+        self.settings = {"model": pl_module.answer_settings(), "data": hp}
+        if self.resume and self.output_dir is not None:
+            # Before any weights load: a folder of another run's settings is refused now.
+            run_folder.check_settings(Path(self.output_dir), self.settings)
 
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
-        # `trainer.log_dir` is a collective broadcast under DDP: resolve it here, where
-        # every rank is, never per batch (ranks may run different numbers of batches).
+        # `trainer.log_dir` and the broadcast are collective under DDP: resolve them here,
+        # where every rank is, never per batch (ranks may run different numbers of batches).
         self.folder = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._part(trainer).unlink(missing_ok=True)
+        self.run_id = trainer.strategy.broadcast(uuid.uuid4().hex[:10])
+        self._trainer = trainer
+        if self.resume:
+            self.units, notes = run_folder.read_units(self.folder)
+            if trainer.is_global_zero:
+                for note in notes:
+                    print(f"resume: {note}", flush=True)
+                print(f"resume: {len(self.units)} finished (strategy, group) units found in {self.folder}",
+                      flush=True)
+        if trainer.is_global_zero:
+            saved = run_folder.check_settings(self.folder, self.settings) if self.resume else None
+            record = saved or run_folder.settings_record(self.settings, paralleldecode.__version__)
+            if saved is not None:
+                record["resumed"] = [*saved.get("resumed", []), run_folder.settings_record({}, "")["started"]]
+            run_folder.write_settings(self.folder, record)
+        pl_module.sink = self
 
-    def _part(self, trainer) -> Path:
-        return self.folder / f"predictions.rank{trainer.global_rank}.jsonl"
+    # -- what the module calls ------------------------------------------------------------
+
+    def group_indices(self, batch, batch_idx: int) -> list[int]:
+        """The batch's places in the data module's group list (Lightning tracks them)."""
+        loop = getattr(self._trainer, "predict_loop", None)
+        indices = list(getattr(loop, "current_batch_indices", []) or [])
+        if len(indices) != len(batch):
+            indices = [batch_idx * len(batch) + i for i in range(len(batch))]
+        return indices
+
+    def restored(self, strategy: str, group) -> dict[str, Any] | None:
+        """The unit the folder already holds for this strategy and group, if any (and if
+        it answered exactly this group's questions)."""
+        unit = self.units.get((strategy, group.id))
+        if unit is None or [r["question_id"] for r in unit["records"]] != [q.id for q in group.questions]:
+            return None
+        return unit
+
+    def write(self, unit: dict[str, Any]) -> None:
+        run_folder.append_unit(run_folder.part_path(self.folder, self._trainer.global_rank, self.run_id), unit)
+
+    # -- Lightning hooks ------------------------------------------------------------------
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
                            batch_idx, dataloader_idx=0) -> None:
-        # Indices into the data module's group list; Lightning tracks them in predict.
-        if batch_indices is None:
-            batch_indices = [batch_idx * len(batch) + i for i in range(len(batch))]
-        index = {g.id: i for g, i in zip(batch, batch_indices)}
-        with self._part(trainer).open("a", encoding="utf-8") as f:
-            for rec in prediction:
-                f.write(json.dumps({**rec, "group_index": index.get(rec["group_id"])},
-                                   ensure_ascii=False) + "\n")
+        """Nothing left to do: every unit of the batch was written as it finished."""
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Say where the finished work is when a run is stopped (SIGTERM, Ctrl-C) or fails."""
+        if self.folder is None or not trainer.is_global_zero:
+            return
+        done = sum(1 for p in self.folder.glob(run_folder.PART_GLOB) for _ in p.open(encoding="utf-8"))
+        how = "stopped" if type(exception).__name__ in ("SIGTERMException", "KeyboardInterrupt") else "failed"
+        again = ("rerun with --model.init_args.resume true to continue" if self.output_dir is not None
+                 else f"rerun with --model.init_args.output_dir {self.folder} --model.init_args.resume true "
+                      "to continue")
+        print(f"paralleldecode: {how}; {done} finished (strategy, group) units are in {self.folder}; {again}",
+              file=sys.stderr, flush=True)
 
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         summary = pl_module.summary()  # collective: every rank takes part
         trainer.strategy.barrier("prediction-writer")
         if trainer.is_global_zero:
-            self._merge(trainer, list(summary))
+            units = {}
+            for part in sorted(self.folder.glob(f"predictions.rank*.{self.run_id}.jsonl")):
+                for line in part.read_text(encoding="utf-8").splitlines():
+                    unit = json.loads(line)
+                    units.setdefault(run_folder.unit_key(unit), unit)
+            run_folder.write_finished(self.folder, run_folder.ordered(units.values(), list(summary)))
             self._report(trainer, summary)
+            run_folder.remove_parts(self.folder)
         trainer.strategy.barrier("prediction-writer-done")
-
-    def _merge(self, trainer, strategy_order: list[str]) -> None:
-        folder = self.folder
-        parts = sorted(folder.glob("predictions.rank*.jsonl"))
-        records = [json.loads(line) for p in parts for line in p.open(encoding="utf-8")]
-        rank = {name: i for i, name in enumerate(strategy_order)}
-        # Python's sort is stable: within a group the strategy's own question order stays.
-        records.sort(key=lambda r: (rank.get(r["strategy"], len(rank)), r["group_index"]))
-        with (folder / "predictions.jsonl").open("w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        for p in parts:
-            p.unlink()
 
     def _report(self, trainer, summary: dict[str, dict[str, Any]]) -> None:
         folder = self.folder

@@ -2,7 +2,8 @@
 
 A summary maps each strategy name to its figures: ``em``, ``f1``, ``lenient`` and
 ``format_rate`` (percents), ``questions``, ``prompt_tokens``, ``generated_tokens`` and
-``forward_passes`` (counts) and ``wall_seconds``. A strategy that did not run carries a
+``forward_passes`` (counts), ``wall_seconds``, ``questions_per_second`` and
+``failed_questions`` (questions whose strategy failed on their group). A strategy that did not run carries a
 ``skipped`` reason instead, and its other figures may be missing.
 """
 
@@ -45,7 +46,9 @@ _SECONDS = _formatter(".2f")
 # (header, summary key, formatter) for every column after the strategy name. Quality
 # columns only appear when some strategy has a value for them (a multiple-choice set has
 # no EM, a short-answer set no ROUGE); EM and F1 always show, as the common case.
-_OPTIONAL = {"lenient", "accuracy", "bleu4", "rouge1", "rouge2", "rougeL",
+# Shown only when some strategy has a non-zero value (a run without failures has no column).
+_NONZERO = {"failed_questions"}
+_OPTIONAL = {"questions_per_second", "failed_questions", "lenient", "accuracy", "bleu4", "rouge1", "rouge2", "rougeL",
              "judge_fluency", "judge_relevance", "judge_completeness", "judge_proficiency",
              "layers", "edges_kept", "dependency_tokens", "dependency_fallbacks", "ideal_latency_s"}
 _COLUMNS: tuple[tuple[str, str, Callable[[object], str]], ...] = (
@@ -67,6 +70,8 @@ _COLUMNS: tuple[tuple[str, str, Callable[[object], str]], ...] = (
     ("gen tok", "generated_tokens", _COUNT),
     ("fwd passes", "forward_passes", _COUNT),
     ("wall s", "wall_seconds", _SECONDS),
+    ("q/s", "questions_per_second", _SECONDS),
+    ("failed", "failed_questions", _COUNT),
     ("ideal s", "ideal_latency_s", _SECONDS),
     ("layers", "layers", _COUNT),
     ("edges", "edges_kept", _COUNT),
@@ -91,7 +96,8 @@ def format_table(summary: Summary) -> str:
     """
     columns = [
         col for col in _COLUMNS
-        if col[1] not in _OPTIONAL or any(_finite(f.get(col[1])) is not None for f in summary.values())
+        if (col[1] not in _OPTIONAL or any(_finite(f.get(col[1])) is not None for f in summary.values()))
+        and (col[1] not in _NONZERO or any(_finite(f.get(col[1])) for f in summary.values()))
     ]
     header = ["strategy", *(title for title, _, _ in columns)]
     rows: list[tuple[str, list[str] | str]] = []

@@ -54,6 +54,16 @@ def test_table_header_lists_every_column(summary: dict) -> None:
     ]  # fmt: skip
 
 
+def test_questions_per_second_shows_and_failures_only_when_there_are_some() -> None:
+    ok = {"batch": _figures(questions_per_second=8.1, failed_questions=0)}
+    header = _row(format_table(ok), "strategy")
+    assert "q/s" in header and "failed" not in header
+    failing = {"batch": _figures(failed_questions=0), "sequential": _figures(failed_questions=3)}
+    table = format_table(failing)
+    column = _row(table, "strategy").index("failed")
+    assert _row(table, "sequential")[column] == "3" and _row(table, "batch")[column] == "0"
+
+
 def test_table_formats_percents_counts_and_seconds(summary: dict) -> None:
     assert _row(format_table(summary), "sequential") == [
         "sequential", "61.5", "70.3", "75.0", "100.0", "100", "123456", "2000", "100", "12.35",

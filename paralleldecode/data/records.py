@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from paralleldecode.errors import UserError
 
 ANSWER_TYPES = ("short", "choice", "long")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file, record or grouping option is not usable; the message says which."""
 
 

