@@ -9,7 +9,7 @@ from typing import Any
 from paralleldecode.data.demo import load_demo
 from paralleldecode.data.grouping import select_groups
 from paralleldecode.data.records import DataError, QuestionGroup
-from paralleldecode.data.squad import DEFAULT_HUB_ID, load_squad, select_articles
+from paralleldecode.data.squad import DEFAULT_HUB_ID, GROUP_BY, group_articles, load_squad, select_articles
 from paralleldecode.data.tasks import MULTIDOC, PLANNING, RETRIEVAL, load_task
 
 Loader = Callable[..., list[QuestionGroup]]
@@ -95,10 +95,18 @@ def _demo(data_path: str | None, split: str) -> list[QuestionGroup]:
 
 @register_dataset("squad")
 def _squad(data_path: str | None, split: str, *,
-           articles: str | list[int] | None = None) -> list[QuestionGroup]:
+           articles: str | list[int] | None = None, group_by: str = "paragraph",
+           article_questions: int = 10, article_paragraphs: int | None = None,
+           seed: int = 0) -> list[QuestionGroup]:
     # `articles` ([start, stop] over article titles in file order) holds training articles
     # apart from evaluation ones: SQuAD's train split is not always at hand (offline).
-    return select_articles(load_squad(data_path or DEFAULT_HUB_ID, split), articles)
+    # `group_by: article` makes long contexts: a whole article, questions sampled from it.
+    if group_by not in GROUP_BY:
+        raise DataError(f"squad option group_by={group_by!r}; accepted: {', '.join(GROUP_BY)}")
+    groups = select_articles(load_squad(data_path or DEFAULT_HUB_ID, split), articles)
+    if group_by == "article":
+        groups = group_articles(groups, article_questions, seed, article_paragraphs)
+    return groups
 
 
 # The generated task families have no splits, so `split` is ignored; data_path None generates

@@ -206,3 +206,49 @@ def select_articles(groups: list[QuestionGroup], articles: str | list[int] | Non
         raise DataError(f"squad option articles={articles!r} selects no article; the source has "
                         f"{len(titles)} articles")
     return kept
+
+
+GROUP_BY = ("paragraph", "article")
+
+
+def group_articles(groups: list[QuestionGroup], questions: int = 10, seed: int = 0,
+                   paragraphs: int | None = None) -> list[QuestionGroup]:
+    """One group per article: all its paragraphs as the context, ``questions`` of its
+    questions sampled (seeded) from the whole article, kept in reading order.
+
+    SQuAD dev articles run to 3K-20K tokens (SmolLM2's tokenizer), so these are the long
+    shared contexts that paragraph groups never have; a group whose prompt does not fit the
+    model's window fails with the window error (or is cut with ``truncate_context``).
+
+    Args:
+        groups: paragraph groups (as :func:`load_squad` returns them), in file order.
+        questions: questions per article group (all of a smaller article's).
+        seed: seed of the sample.
+        paragraphs: keep only each article's first ``paragraphs`` paragraphs (and sample
+            questions among theirs), for contexts that fit a smaller window; None keeps all.
+
+    Raises:
+        DataError: ``questions`` or ``paragraphs`` below 1.
+    """
+    import random
+
+    if questions < 1:
+        raise DataError(f"squad option article_questions must be at least 1, got {questions}")
+    if paragraphs is not None and paragraphs < 1:
+        raise DataError(f"squad option article_paragraphs must be at least 1 or null, got {paragraphs}")
+    articles: dict[str, list[QuestionGroup]] = {}
+    for g in groups:
+        articles.setdefault(g.metadata.get("title", ""), []).append(g)
+    rng = random.Random(seed)
+    out = []
+    for title, parts in articles.items():
+        parts = parts[:paragraphs] if paragraphs is not None else parts
+        pool = [q for g in parts for q in g.questions]
+        picked = sorted(rng.sample(range(len(pool)), min(questions, len(pool))))
+        out.append(QuestionGroup(
+            id=f"{DATASET}/article/{title or parts[0].id}", dataset=DATASET,
+            questions=[pool[i] for i in picked],
+            background="\n\n".join(g.background for g in parts),
+            metadata={**parts[0].metadata, "paragraphs": len(parts), "article_questions": len(pool)},
+        ))
+    return out

@@ -206,3 +206,48 @@ def test_articles_option_keeps_a_slice_of_articles(tmp_path):
         load_groups("squad", data_path=path, options={"articles": 1488})
     with pytest.raises(DataError, match="selects no article; the source has 2 articles"):
         load_groups("squad", data_path=path, options={"articles": "5:9"})
+
+
+def _article_file(tmp_path):
+    data = {"version": "1.1", "data": [
+        {"title": f"Art{a}", "paragraphs": [
+            {"context": f"Paragraph {p} of article {a}.", "qas": [
+                {"id": f"a{a}p{p}q{q}", "question": f"Question {q} on paragraph {p}?",
+                 "answers": [{"text": "article", "answer_start": 15}]} for q in range(3)]}
+            for p in range(4)]} for a in range(2)]}
+    return write(tmp_path / "dev.json", json.dumps(data))
+
+
+def test_group_by_article_samples_questions_from_the_whole_article(tmp_path):
+    path = _article_file(tmp_path)
+    groups = load_groups("squad", data_path=str(path), seed=3,
+                         options={"group_by": "article", "article_questions": 5})
+    assert [g.id for g in groups] == ["squad/article/Art0", "squad/article/Art1"]
+    first = groups[0]
+    assert first.background == "\n\n".join(f"Paragraph {p} of article 0." for p in range(4))
+    assert len(first) == 5 and first.metadata["paragraphs"] == 4 and first.metadata["article_questions"] == 12
+    ids = [q.id for q in first.questions]
+    assert ids == sorted(ids, key=lambda i: (int(i[3]), int(i[5])))  # reading order
+    assert len({i[:4] for i in ids}) > 1  # drawn from several paragraphs
+    again = load_groups("squad", data_path=str(path), seed=3, options={"group_by": "article", "article_questions": 5})
+    other = load_groups("squad", data_path=str(path), seed=4, options={"group_by": "article", "article_questions": 5})
+    assert [q.id for q in again[0].questions] == ids
+    assert any([q.id for q in a.questions] != [q.id for q in b.questions] for a, b in zip(groups, other))
+
+
+def test_group_by_article_can_keep_the_first_paragraphs(tmp_path):
+    groups = load_groups("squad", data_path=str(_article_file(tmp_path)),
+                         options={"group_by": "article", "article_questions": 20, "article_paragraphs": 2})
+    assert all(len(g) == 6 and g.background.count("Paragraph") == 2 for g in groups)
+
+
+def test_group_by_refuses_unknown_values(tmp_path):
+    with pytest.raises(DataError, match="group_by='articles'; accepted: paragraph, article"):
+        load_groups("squad", data_path=str(_article_file(tmp_path)), options={"group_by": "articles"})
+
+
+def test_real_squad_articles_are_long_contexts(data_dir):
+    groups = load_groups("squad", data_path=str(data_dir / "squad/dev-v1.1.json"),
+                         options={"group_by": "article", "article_questions": 20})
+    assert len(groups) == 48 and all(len(g) == 20 for g in groups)
+    assert min(len(g.background) for g in groups) > 10_000
