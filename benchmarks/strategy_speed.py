@@ -1,29 +1,53 @@
-"""Speed of the strategies side by side, on the same groups, in one process.
+"""Speed and memory of the strategies side by side, on the same groups, in one process.
 
-For each group size G, the same G questions of the same contexts go through every strategy
-with the same model, greedy decoding and ``max_new_tokens``. Strategies run alternately
-(A B C on a group, then the next group, with the order rotated each repeat) so that drift
-on a shared machine hits all of them alike. A *ceiling* is measured the same way: the plain
-model decoding G identical rows with no strategy logic (no explicit masks or positions, no
-stopping, no bookkeeping), against the engine decoding exactly the same workload: their
-ratio is the engine's per-step overhead.
+Two kinds of workload, both from the same data file:
 
-    python benchmarks/strategy_speed.py                                   # demo set
+* **paragraph groups** (G = 1, 2, 4, 5, 8): G questions of one SQuAD paragraph, the shared
+  context a few hundred tokens;
+* **article groups** (G = 10, 20, ``--article-sizes``): G questions sampled from a whole
+  SQuAD article, all its paragraphs as the context (articles of up to
+  ``--article-max-tokens``, 6,000 by default, that fit the model's window with the answers).
+
+For each workload the same groups go through every strategy with the same model, greedy
+decoding and ``max_new_tokens``. Strategies run alternately (A B C on a group, then the next
+group, the order rotated each repeat) so that drift on a shared machine hits all alike. The
+strategies are the package's (default ``sequential, sequential_cached, batch, batch_cached,
+one_sequence``) plus a reference row, ``hf_generate``: ``model.generate`` on ``batch``'s
+left-padded prompts, stopping at the reply's close, which is what a user writes by hand. Each
+row reports wall time per group, where it went (prefill vs decoding), peak memory above what
+the process held before the run (RSS on CPU, ``max_memory_allocated`` on CUDA) next to the
+KV cache it held, and its ratio to ``sequential``, ``batch`` and ``batch_cached``.
+
+A *ceiling* is measured on paragraph workloads: the plain model decoding G identical rows
+with no strategy logic, against the engine decoding exactly that workload; their ratio is the
+engine's per-step overhead.
+
+``--throughput N`` measures questions per second over N paragraph groups, unpacked against
+packed (``--pack 4,8``: that many groups share every engine call, as
+``--model.init_args.pack_groups true --data.init_args.batch_size K`` does in a predict run);
+the modes alternate chunk by chunk over the same groups.
+
     python benchmarks/strategy_speed.py --data ../shared/data/squad/dev-v1.1.json
-    # the columnar branch decoder (2D RoPE, column mask) against one_sequence on one workload:
-    python benchmarks/strategy_speed.py --sizes 5 --strategies batch,one_sequence,columnar \
+    python benchmarks/strategy_speed.py --data ../shared/data/squad/dev-v1.1.json --sizes '' \\
+        --article-sizes 10,20 --article-groups 2 --repeats 1
+    python benchmarks/strategy_speed.py --data ../shared/data/squad/dev-v1.1.json --sizes '' \\
+        --article-sizes '' --throughput 40 --pack 4,8
+    # the columnar branch decoder against one_sequence on one workload:
+    python benchmarks/strategy_speed.py --sizes 5 --strategies batch,one_sequence,columnar \\
         --strategy-options '{"columnar": {"isolate": true}}'
 
-Prints a table per G with ratios against ``sequential`` and ``batch`` and writes JSON.
+Prints a table per workload and writes JSON (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
 import statistics
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -34,8 +58,12 @@ from paralleldecode.data.records import QuestionGroup
 from paralleldecode.data.registry import load_groups
 from paralleldecode.decoding import DecodingEngine, GenerationConfig, independent_rows
 from paralleldecode.models.loading import DEFAULT_MODEL, cache_keyword, load_causal_lm
-from paralleldecode.prompts import PromptRenderer
-from paralleldecode.strategies import RunContext, get_strategy
+from paralleldecode.prompts import ONE_ANSWER, PromptRenderer, one_question
+from paralleldecode.strategies import Cost, GroupRun, RunContext, get_strategy
+from paralleldecode.strategies.base import Timer
+from paralleldecode.strategies.packing import Packer
+
+BASES = ("sequential", "batch", "batch_cached")
 
 
 def groups_of_size(groups: list[QuestionGroup], g: int, count: int, seed: int) -> list[QuestionGroup]:
@@ -45,12 +73,129 @@ def groups_of_size(groups: list[QuestionGroup], g: int, count: int, seed: int) -
     return [replace(grp, id=f"{grp.id}@{g}", questions=grp.questions[:g]) for grp in fit[:count]]
 
 
+def article_groups(data: str, g: int, count: int, seed: int, ctx: RunContext,
+                   max_tokens: int) -> list[QuestionGroup]:
+    """``count`` article groups of ``g`` questions whose context has at most ``max_tokens``
+    tokens and whose longest prompt fits the window."""
+    pool = load_groups("squad", data_path=data, seed=seed,
+                       options={"group_by": "article", "article_questions": g})
+    random.Random(seed).shuffle(pool)
+    limit = ctx.engine.max_positions or 10**9
+    fit = []
+    for grp in pool:
+        if len(grp) < g:
+            continue
+        longest = max(len(ctx.renderer.ids(one_question(grp, q), ONE_ANSWER.prefix)) for q in grp.questions)
+        context = len(ctx.renderer.tokenizer(grp.background)["input_ids"])
+        # sequential's history grows by a question and a reply per turn
+        if context <= max_tokens and longest + (ctx.generation.max_new_tokens + 40) * g <= limit:
+            fit.append(replace(grp, id=f"{grp.id}@{g}"))
+        if len(fit) == count:
+            break
+    return fit
+
+
+class PeakMemory:
+    """Peak memory above the level at the start, while the block runs: resident set size,
+    sampled every few milliseconds from /proc (CPU), or the allocator's peak (CUDA)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.peak = 0
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+            return self
+        self.start = self.top = self.rss()
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(0.003):
+                self.top = max(self.top, self.rss())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.start
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.top, self.rss()) - self.start
+
+
+class HFGenerate:
+    """The reference row: ``model.generate`` on ``batch``'s prompts, left-padded, greedy,
+    stopping at the reply's close; not a strategy of the package."""
+
+    name = "hf_generate"
+
+    def run(self, group: QuestionGroup, ctx: RunContext) -> GroupRun:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        tok, model = ctx.renderer.tokenizer, ctx.engine.model
+        ids = ctx.fit(group, lambda g: [one_question(g, q) for q in g.questions],
+                      ctx.generation.max_new_tokens, ONE_ANSWER.prefix)
+        width = max(len(i) for i in ids)
+        pad = ctx.engine.pad_id
+        input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=ctx.engine.device)
+        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=ctx.engine.device)
+        first: list[float] = []
+
+        class FirstToken(StoppingCriteria):  # called after every step: the first call ends the prefill
+            def __call__(self, input_ids, scores, **kwargs):
+                if not first:
+                    first.append(time.perf_counter())
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        clock = Timer()
+        start = time.perf_counter()
+        out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=ctx.generation.max_new_tokens,
+                             do_sample=False, pad_token_id=pad, stop_strings=[ONE_ANSWER.close], tokenizer=tok,
+                             stopping_criteria=StoppingCriteriaList([FirstToken()]))
+        wall = clock()
+        new = out[:, width:]
+        texts, generated = [], 0
+        for row in new.tolist():
+            row = [t for t in row if t != pad]
+            generated += len(row)
+            text = tok.decode(row, skip_special_tokens=True)
+            cut = text.find(ONE_ANSWER.close)
+            texts.append(ONE_ANSWER.prefix + (text[:cut] + ONE_ANSWER.close if cut >= 0 else text))
+        prefill = (first[0] - start) if first else wall
+        cost = Cost(prompt_tokens=sum(len(i) for i in ids), generated_tokens=generated,
+                    forward_passes=new.shape[1], wall_seconds=wall, decode_seconds=wall - prefill,
+                    peak_cache_bytes=2 * model.config.num_hidden_layers * len(ids) * (width + new.shape[1])
+                    * model.config.num_key_value_heads * _head_dim(model.config) * next(model.parameters()).element_size())
+        return GroupRun([_Answer(t) for t in texts], cost)
+
+
+@dataclasses.dataclass
+class _Answer:
+    raw: str
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 @torch.no_grad()
 def bare_step_seconds(model, prompt_ids: list[int], g: int, steps: int) -> float:
     """Seconds per decoding step of the bare model on ``g`` identical rows."""
     from transformers import DynamicCache
 
-    ids = torch.tensor([prompt_ids] * g)
+    ids = torch.tensor([prompt_ids] * g, device=next(model.parameters()).device)
     cache = DynamicCache(config=model.config)
     kw = cache_keyword(model)
     out = model(input_ids=ids, **{kw: cache}, use_cache=True, logits_to_keep=1)
@@ -78,59 +223,204 @@ def ceiling(engine: DecodingEngine, prompt_ids: list[int], g: int, steps: int) -
     return statistics.median(bare), statistics.median(eng)
 
 
+def measure(groups: list[QuestionGroup], strategies, ctx: RunContext, repeats: int):
+    """Every strategy on every group, alternating; per strategy its costs, peak memory
+    and answers (of the first pass)."""
+    rows = {s.name: [] for s in strategies}
+    peaks = {s.name: [] for s in strategies}
+    answers = {s.name: [] for s in strategies}
+    for rep in range(repeats):
+        for grp in groups:
+            order = strategies[rep % len(strategies):] + strategies[: rep % len(strategies)]
+            for strat in order:
+                with PeakMemory(ctx.engine.device) as mem:
+                    run = strat.run(grp, ctx)
+                rows[strat.name].append(run.cost)
+                peaks[strat.name].append(mem.peak)
+                if rep == 0:
+                    answers[strat.name].extend(r.raw for r in run.results)
+    return rows, peaks, answers
+
+
+def summarise(rows, peaks, answers, n_groups: int, weights: int, chunk_activation: int) -> dict:
+    figures = {}
+    for name, costs in rows.items():
+        wall = sum(c.wall_seconds for c in costs)
+        decode = sum(c.decode_seconds for c in costs)
+        steps = sum(c.forward_passes for c in costs) - sum(1 for _ in costs)
+        kv = max(c.peak_cache_bytes for c in costs)
+        peak = max(peaks[name])
+        figures[name] = {
+            "wall_per_group_s": wall / len(costs),
+            "prefill_per_group_s": (wall - decode) / len(costs),
+            "decode_per_group_s": decode / len(costs),
+            "tokens_per_s": sum(c.generated_tokens for c in costs) / wall,
+            "forward_passes": sum(c.forward_passes for c in costs) / len(costs),
+            "prompt_tokens": sum(c.prompt_tokens for c in costs) / len(costs),
+            "peak_kv_mib": kv / 2**20,
+            "peak_memory_mib": peak / 2**20,
+            # Peak memory (weights included) against weights + KV + one prefill chunk's activations.
+            "memory_vs_budget": (weights + peak) / (weights + kv + chunk_activation),
+            # Decoding time per model call after prefills (sequential's calls each have a
+            # prefill too, so its figure is a per-call average of the decode phase).
+            "decode_ms_per_step": 1000 * decode / max(steps, 1),
+        }
+    for name, fig in figures.items():
+        for base in BASES:
+            if base in figures:
+                fig[f"speedup_vs_{base}"] = figures[base]["wall_per_group_s"] / fig["wall_per_group_s"]
+    for name in answers:
+        if "batch" in answers and name != "batch":
+            same = sum(a == b for a, b in zip(answers["batch"], answers[name]))
+            figures[name]["same_answers_as_batch"] = f"{same}/{len(answers['batch'])}"
+    return {"groups": n_groups, "strategies": figures}
+
+
+def print_table(title: str, res: dict) -> None:
+    print(f"\n{title}  ({res['groups']} groups)")
+    if "ceiling_ms_per_step" in res:
+        print(f"ceiling: bare model {res['ceiling_ms_per_step']:.1f} ms/step, engine "
+              f"{res['engine_ms_per_step']:.1f} ms/step (overhead {100 * res['engine_overhead']:+.1f}%)")
+    head = (f"{'strategy':<17} {'s/group':>8} {'prefill':>8} {'decode':>7} {'tok/s':>7} {'fwd':>6} "
+            f"{'prompt tok':>10} {'KV MiB':>8} {'peak MiB':>8} {'vs seq':>7} {'vs batch':>8} "
+            f"{'vs b_cached':>11}  same as batch")
+    print(head)
+    print("-" * len(head))
+    nan = float("nan")
+    for name, f in res["strategies"].items():
+        print(f"{name:<17} {f['wall_per_group_s']:>8.2f} {f['prefill_per_group_s']:>8.2f} "
+              f"{f['decode_per_group_s']:>7.2f} {f['tokens_per_s']:>7.1f} {f['forward_passes']:>6.1f} "
+              f"{f['prompt_tokens']:>10.0f} {f['peak_kv_mib']:>8.1f} {f['peak_memory_mib']:>8.0f} "
+              f"{f.get('speedup_vs_sequential', nan):>7.2f} {f.get('speedup_vs_batch', nan):>8.2f} "
+              f"{f.get('speedup_vs_batch_cached', nan):>11.2f}  {f.get('same_answers_as_batch', '')}")
+
+
+def throughput(groups: list[QuestionGroup], strategies, ctx: RunContext, packs: list[int]) -> dict:
+    """Questions per second per strategy, unpacked and packed by each of ``packs``; the modes
+    alternate chunk by chunk over the same groups."""
+    chunk = max(packs + [1])
+    out = {}
+    for strat in strategies:
+        seconds = {1: 0.0, **{k: 0.0 for k in packs}}
+        answers = {k: [] for k in seconds}
+        for start in range(0, len(groups), chunk):
+            part = groups[start:start + chunk]
+            for k in seconds:
+                clock = Timer()
+                if k == 1:
+                    runs = [strat.run(g, ctx) for g in part]
+                else:
+                    runs = []
+                    for i in range(0, len(part), k):
+                        packer = Packer()
+                        pctx = dataclasses.replace(ctx, packer=packer)
+                        runs += packer.run([lambda g=g: strat.run(g, pctx) for g in part[i:i + k]])
+                seconds[k] += clock()
+                for run in runs:
+                    if isinstance(run, BaseException):
+                        raise run
+                    answers[k].extend(r.raw for r in run.results)
+        questions = sum(len(g) for g in groups)
+        fig = {"questions": questions}
+        for k, s in seconds.items():
+            label = "unpacked" if k == 1 else f"packed_{k}"
+            fig[f"{label}_questions_per_s"] = questions / s
+            if k != 1:
+                fig[f"{label}_vs_unpacked"] = seconds[1] / s
+                fig[f"{label}_same_answers"] = f"{sum(a == b for a, b in zip(answers[1], answers[k]))}/{len(answers[1])}"
+        out[strat.name] = fig
+        print(f"{strat.name:<17} " + "  ".join(
+            f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}" for k, v in fig.items()), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--data", default=None, help="a SQuAD file (default: the bundled demo set)")
-    ap.add_argument("--sizes", default="1,2,4,5,8", help="group sizes G")
-    ap.add_argument("--groups", type=int, default=3, help="groups per size")
+    ap.add_argument("--sizes", default="1,2,4,5,8", help="paragraph group sizes G ('' for none)")
+    ap.add_argument("--article-sizes", default="10,20", help="article group sizes G ('' for none; needs --data)")
+    ap.add_argument("--groups", type=int, default=3, help="paragraph groups per size")
+    ap.add_argument("--article-groups", type=int, default=2, help="article groups per size")
     ap.add_argument("--repeats", type=int, default=3,
-                    help="passes over the groups; each rotates the strategy order")
+                    help="passes over the paragraph groups; each rotates the strategy order")
+    ap.add_argument("--article-repeats", type=int, default=1, help="passes over the article groups")
+    ap.add_argument("--article-max-tokens", type=int, default=6000, help="longest article context used")
     ap.add_argument("--max-new-tokens", type=int, default=24)
-    ap.add_argument("--strategies", default="sequential,batch,one_sequence")
+    ap.add_argument("--strategies", default="sequential,sequential_cached,batch,batch_cached,one_sequence,hf_generate")
     ap.add_argument("--strategy-options", default="{}",
                     help='JSON options per strategy, e.g. \'{"columnar": {"isolate": true}}\'')
+    ap.add_argument("--throughput", type=int, default=0, help="paragraph groups for the throughput mode (0: off)")
+    ap.add_argument("--throughput-strategies", default="all_in_one,sequential,sequential_cached,batch,batch_cached,one_sequence")
+    ap.add_argument("--pack", default="4,8", help="groups per packed call in the throughput mode")
+    ap.add_argument("--prefill-chunk", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16")
+    ap.add_argument("--device", default=None, help="e.g. cuda (default: the CPU)")
     ap.add_argument("--out", default="benchmarks/results/strategy_speed.json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, tok = load_causal_lm(args.model, dtype=args.dtype)
-    ctx = RunContext(DecodingEngine(model, tok), PromptRenderer(tok),
+    model, tok = load_causal_lm(args.model, dtype=args.dtype, device=args.device)
+    ctx = RunContext(DecodingEngine(model, tok, prefill_chunk=args.prefill_chunk), PromptRenderer(tok),
                      GenerationConfig(max_new_tokens=args.max_new_tokens))
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    cfg = model.config
     dataset = "squad" if args.data else "demo"
     pool = load_groups(dataset, data_path=args.data)
-    names = args.strategies.split(",")
     options = json.loads(args.strategy_options)
-    strategies = [get_strategy(n, options.get(n)) for n in names]
+    make = lambda n: HFGenerate() if n == "hf_generate" else get_strategy(n, options.get(n))  # noqa: E731
+    strategies = [make(n) for n in args.strategies.split(",") if n]
     # Warm up kernels and caches once so the first measured strategy is not penalised.
-    strategies[0].run(groups_of_size(pool, 1, 1, args.seed)[0], ctx)
+    for s in strategies:
+        s.run(groups_of_size(pool, 1, 1, args.seed)[0], ctx)
 
     report = {"model": args.model, "data": args.data or "demo", "max_new_tokens": args.max_new_tokens,
-              "strategy_options": options,
-              "dtype": str(model.dtype), "torch_threads": torch.get_num_threads(), "sizes": {}}
-    for g in (int(x) for x in args.sizes.split(",")):
+              "strategy_options": options, "dtype": str(model.dtype), "device": str(ctx.engine.device),
+              "torch_threads": torch.get_num_threads(), "prefill_chunk": args.prefill_chunk,
+              "weights_mib": weights / 2**20, "paragraph": {}, "article": {}}
+
+    def chunk_activation(rows: int, length: int) -> int:
+        """Bytes of one prefill chunk's largest transient tensors: the MLP's intermediate
+        and the attention scores of one layer, for ``rows`` rows against ``length`` keys."""
+        q = min(args.prefill_chunk, length)
+        scores = rows * cfg.num_attention_heads * q * length
+        return (rows * q * cfg.intermediate_size * 3 + scores) * next(model.parameters()).element_size()
+
+    for g in (int(x) for x in args.sizes.split(",") if x):
         groups = groups_of_size(pool, g, args.groups, args.seed)
         if not groups:
             print(f"G={g}: no context has {g} questions in {report['data']}; skipped")
             continue
-        rows = {n: [] for n in names}
-        answers = {n: [] for n in names}
-        for rep in range(args.repeats):
-            for grp in groups:
-                order = strategies[rep % len(strategies):] + strategies[: rep % len(strategies)]
-                for strat in order:
-                    run = strat.run(grp, ctx)
-                    rows[strat.name].append(run.cost)
-                    if rep == 0:
-                        answers[strat.name].extend(r.raw for r in run.results)
+        rows, peaks, answers = measure(groups, strategies, ctx, args.repeats)
         prompt = ctx.renderer.ids([{"role": "user", "content": groups[0].background or ""}])
+        res = summarise(rows, peaks, answers, len(groups), weights, chunk_activation(g, len(prompt) + 80))
         bare, eng = ceiling(ctx.engine, prompt, g, args.max_new_tokens)
-        report["sizes"][g] = summarise(rows, answers, bare, eng, len(groups))
-        print_table(g, report["sizes"][g])
+        res.update(ceiling_ms_per_step=1000 * bare, engine_ms_per_step=1000 * eng, engine_overhead=eng / bare - 1)
+        report["paragraph"][g] = res
+        print_table(f"paragraph groups, G={g}", res)
+
+    for g in (int(x) for x in args.article_sizes.split(",") if x and args.data):
+        groups = article_groups(args.data, g, args.article_groups, args.seed, ctx, args.article_max_tokens)
+        rows, peaks, answers = measure(groups, strategies, ctx, args.article_repeats)
+        length = max(len(ctx.renderer.ids([{"role": "user", "content": grp.background}])) for grp in groups)
+        res = summarise(rows, peaks, answers, len(groups), weights, chunk_activation(g, length))
+        res["context_tokens"] = length
+        report["article"][g] = res
+        print_table(f"article groups, G={g}, contexts up to {length} tokens", res)
+
+    if args.throughput:
+        groups = [g for g in pool if len(g) >= 3]
+        random.Random(args.seed).shuffle(groups)
+        groups = groups[: args.throughput]
+        packs = [int(k) for k in args.pack.split(",") if k]
+        print(f"\nthroughput over {len(groups)} paragraph groups ({sum(len(g) for g in groups)} questions)")
+        names = args.throughput_strategies.split(",")
+        report["throughput"] = {"groups": len(groups), "packs": packs,
+                                "strategies": throughput(groups, [get_strategy(n, options.get(n)) for n in names],
+                                                         ctx, packs)}
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -138,48 +428,7 @@ def main() -> None:
     print(f"\nwrote {out}")
 
 
-def summarise(rows, answers, bare: float, eng: float, n_groups: int) -> dict:
-    figures = {}
-    for name, costs in rows.items():
-        wall = sum(c.wall_seconds for c in costs)
-        steps = sum(c.forward_passes for c in costs) - sum(1 for _ in costs)
-        figures[name] = {
-            "wall_per_group_s": wall / len(costs),
-            "tokens_per_s": sum(c.generated_tokens for c in costs) / wall,
-            "forward_passes": sum(c.forward_passes for c in costs) / len(costs),
-            "prompt_tokens": sum(c.prompt_tokens for c in costs) / len(costs),
-            "peak_kv_mib": max(c.peak_cache_bytes for c in costs) / 2**20,
-            # Decoding time per model call after prefills (sequential's calls each have a
-            # prefill too, so its figure is a per-call average of the decode phase).
-            "decode_ms_per_step": 1000 * sum(c.decode_seconds for c in costs) / max(steps, 1),
-        }
-    for name, fig in figures.items():
-        for base in ("sequential", "batch"):
-            if base in figures:
-                fig[f"speedup_vs_{base}"] = figures[base]["wall_per_group_s"] / fig["wall_per_group_s"]
-    for name in answers:
-        if "batch" in answers and name != "batch":
-            same = sum(a == b for a, b in zip(answers["batch"], answers[name]))
-            figures[name]["same_answers_as_batch"] = f"{same}/{len(answers['batch'])}"
-    return {"groups": n_groups, "ceiling_ms_per_step": 1000 * bare, "engine_ms_per_step": 1000 * eng,
-            "engine_overhead": eng / bare - 1, "strategies": figures}
-
-
-def print_table(g: int, res: dict) -> None:
-    print(f"\nG={g}  ({res['groups']} groups)  ceiling at batch {g}: bare model "
-          f"{res['ceiling_ms_per_step']:.1f} ms/step, engine {res['engine_ms_per_step']:.1f} ms/step "
-          f"(overhead {100 * res['engine_overhead']:+.1f}%)")
-    head = (f"{'strategy':<13} {'s/group':>8} {'tok/s':>7} {'fwd':>6} {'prompt tok':>10} "
-            f"{'KV MiB':>7} {'ms/step':>8} {'vs seq':>7} {'vs batch':>8}  same as batch")
-    print(head)
-    print("-" * len(head))
-    for name, f in res["strategies"].items():
-        print(f"{name:<13} {f['wall_per_group_s']:>8.2f} {f['tokens_per_s']:>7.1f} {f['forward_passes']:>6.1f} "
-              f"{f['prompt_tokens']:>10.0f} {f['peak_kv_mib']:>7.2f} {f['decode_ms_per_step']:>8.1f} "
-              f"{f.get('speedup_vs_sequential', float('nan')):>7.2f} "
-              f"{f.get('speedup_vs_batch', float('nan')):>8.2f}  {f.get('same_answers_as_batch', '')}")
-
-
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     main()
