@@ -33,6 +33,7 @@ from paralleldecode.backends.openai_api import OpenAIClient
 from paralleldecode.backends.remote import RemoteContext
 from paralleldecode.backends.vllm_client import VLLMClient
 from paralleldecode.decoding import DecodingEngine, GenerationConfig
+from paralleldecode.decoding.constraints import Grammars
 from paralleldecode.metrics import METRICS_BY_TYPE, FormatRate, MeanScore, spaced
 from paralleldecode.models.loading import DEFAULT_MODEL, load_causal_lm
 from paralleldecode.prompts import PromptRenderer
@@ -50,7 +51,8 @@ ON_ERROR = ("record", "raise")
 # Every per-answer score is averaged, except BLEU-4: that one is pooled over the corpus.
 _MEAN_SCORES = tuple(k for keys in METRICS_BY_TYPE.values() for k in keys if k != "bleu4")
 _COSTS = ("questions", "prompt_tokens", "generated_tokens", "forward_passes", "wall_seconds",
-          "failed_questions")
+          "failed_questions", "constraint_seconds", "schema_fallbacks")
+_SECONDS = ("wall_seconds", "constraint_seconds")
 
 
 class StrategyFigures(nn.Module):
@@ -90,7 +92,8 @@ class StrategyFigures(nn.Module):
         c = run.cost
         failed = sum(1 for r in run.results if r.finish_reason == "error")
         for key, value in zip(_COSTS, (len(run.results), c.prompt_tokens, c.generated_tokens,
-                                       c.forward_passes, c.wall_seconds, failed)):
+                                       c.forward_passes, c.wall_seconds, failed, c.constraint_seconds,
+                                       c.schema_fallbacks)):
             self.costs[key].update(torch.tensor(float(value), dtype=torch.float64))
 
     def compute(self) -> dict[str, float]:
@@ -115,7 +118,7 @@ class StrategyFigures(nn.Module):
             out[key] = v if key.endswith("_s") else int(round(v))
         for k, m in self.costs.items():
             v = float(m.compute())
-            out[k] = v if k == "wall_seconds" else int(round(v))
+            out[k] = v if k in _SECONDS else int(round(v))
         out["questions_per_second"] = out["questions"] / out["wall_seconds"] if out["wall_seconds"] > 0 else float("nan")
         return out
 
@@ -162,6 +165,11 @@ class StrategyModule(L.LightningModule):
         on_error: ``record`` (a strategy failing on one group records that group's
             questions with ``finish_reason: error`` and the message, and the run goes on) or
             ``raise`` (stop at the first failure, for debugging).
+        structured_output: constrain every reply to its JSON schema (xgrammar on the local
+            engine: one answer, the group's numbered answers, an option letter, dependency
+            edges); on an API back-end, send the schema as ``response_format`` (a server
+            that refuses it gets the request again without, counted as
+            ``schema_fallbacks``). False decodes unconstrained.
     """
 
     def __init__(
@@ -185,6 +193,7 @@ class StrategyModule(L.LightningModule):
         prefill_chunk: int = 512,
         resume: bool = False,
         on_error: str = "record",
+        structured_output: bool = True,
     ) -> None:
         super().__init__()
         # Clients are objects, not hyperparameters; LightningCLI's config.yaml records them.
@@ -211,6 +220,7 @@ class StrategyModule(L.LightningModule):
         self.figures = nn.ModuleDict({s.name: StrategyFigures(s.extra_figures) for s in self.strategies})
         self.model = None
         self.tokenizer = None
+        self.grammars = None
         # Strategies that cannot run here (e.g. no trained checkpoint): name -> reason.
         self.skipped: dict[str, str] = {}
         # The prediction writer: where finished units go and restored ones come from.
@@ -227,6 +237,11 @@ class StrategyModule(L.LightningModule):
             attn_implementation=self.hparams.attn_implementation,
         )
         self.model.requires_grad_(False)
+        if self.hparams.structured_output:
+            # Here, before the first group: a tokenizer xgrammar cannot read fails the run now.
+            engine = DecodingEngine(self.model, self.tokenizer)
+            self.grammars = Grammars(self.tokenizer, self.model.get_output_embeddings().weight.shape[0],
+                                     sorted(engine.eos_ids(self.generation)), self.hparams.model_name)
 
     def _weights_dtype(self) -> str | torch.dtype:
         precision = str(self.trainer.precision) if self._trainer is not None else ""
@@ -238,7 +253,8 @@ class StrategyModule(L.LightningModule):
 
     def context(self) -> RunContext | RemoteContext:
         if self.backend is not None:
-            return RemoteContext(self.backend, self.generation, name=type(self.backend).__name__)
+            return RemoteContext(self.backend, self.generation, name=type(self.backend).__name__,
+                                 structured=self.hparams.structured_output)
         if self.model is None:
             self.configure_model()
         return RunContext(
@@ -247,6 +263,7 @@ class StrategyModule(L.LightningModule):
             generation=self.generation,
             truncate_context=self.hparams.truncate_context,
             model_name=self.hparams.model_name,
+            grammars=self.grammars,
         )
 
     def answer_settings(self) -> dict[str, Any]:
@@ -380,7 +397,8 @@ class StrategyModule(L.LightningModule):
         """Per-strategy figures over everything predicted so far, synced across ranks
         (every rank must call it); a skipped strategy has only ``skipped``: the reason."""
         # compute() is collective, so skipped strategies compute too (with no updates).
-        figures = {name: fig.compute() for name, fig in self.figures.items()}
+        figures = {name: {**fig.compute(), "structured_output": bool(self.hparams.structured_output)}
+                   for name, fig in self.figures.items()}
         return {name: ({"skipped": self.skipped[name]} if name in self.skipped else fig)
                 for name, fig in figures.items()}
 

@@ -136,7 +136,10 @@ class PredictionWriter(BasePredictionWriter):
         (folder / "summary.json").write_text(json.dumps(clean, indent=2) + "\n")
         write_plot(summary, folder / "quality_vs_cost.png")
         table = format_table(summary)
-        print("\n" + table + f"\n\noutputs in {folder}", flush=True)
+        structured = any(fig.get("structured_output") for fig in summary.values())
+        note = ("structured output: on (replies constrained to their JSON schemas)" if structured
+                else "structured output: off (unconstrained replies)")
+        print("\n" + table + f"\n{note}\n\noutputs in {folder}", flush=True)
         logger = trainer.logger
         if logger is not None and hasattr(logger.experiment, "add_scalar"):
             exp = logger.experiment

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
-from paralleldecode.data.records import Question, QuestionGroup
+from paralleldecode.data.records import MAX_OPTIONS, Question, QuestionGroup
 
 SYSTEM_ONE = (
     "You answer questions about a text. Give the shortest answer that is correct, "
@@ -35,7 +36,7 @@ SYSTEM_PLAN = (
 )
 # Data sets whose questions are not extractive QA get their own instruction.
 SYSTEM_BY_DATASET = {"planning": SYSTEM_PLAN}
-LETTERS = "ABCDEFGHIJ"
+LETTERS = "ABCDEFGHIJ"[:MAX_OPTIONS]
 
 Message = dict[str, str]
 
@@ -47,19 +48,77 @@ class ReplyFormat:
     The opening (``prefix``) is written into the prompt after the assistant's turn starts,
     so even a small model answers in the format; generation stops at ``close``. A reply
     only counts as well-formed when the model itself wrote the closing characters.
+
+    ``schema`` (JSON text) is the JSON schema the whole reply, prefix included, must
+    satisfy; with structured output on, decoding is constrained to it (the prefix is fed to
+    the grammar first, so its state matches what the prompt already holds), and API
+    requests carry it as ``response_format``. The replies below are made for one question,
+    a group or a dependency request by :func:`answer_reply`, :func:`answers_reply` and
+    :func:`edges_reply`.
     """
 
     prefix: str
     close: str
+    schema: str | None = None
 
     def complete(self, generated: str, finish_reason: str) -> str:
         """The whole reply: the prefix, what was generated, and the close if it was hit."""
         return self.prefix + generated + (self.close if finish_reason == "stop_string" else "")
 
+    @property
+    def json_schema(self) -> dict[str, Any] | None:
+        return json.loads(self.schema) if self.schema else None
+
 
 ONE_ANSWER = ReplyFormat('{"answer": "', '"}')
 MANY_ANSWERS = ReplyFormat('{"answers": {"1": "', '"}}')
 EDGES = ReplyFormat('{"edges": [', "]}")
+# A dependency's reason is a short phrase; its length bounds what one edge costs to write.
+REASON_CHARS = 60
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(properties),
+            "additionalProperties": False}
+
+
+def _with(reply: ReplyFormat, schema: dict[str, Any]) -> ReplyFormat:
+    return ReplyFormat(reply.prefix, reply.close, json.dumps(schema, separators=(",", ":")))
+
+
+def answer_reply(question: Question | None = None) -> ReplyFormat:
+    """``{"answer": string}``; for a multiple-choice question the answer is one of its
+    option letters."""
+    answer: dict[str, Any] = {"type": "string"}
+    if question is not None and question.options:
+        answer = {"enum": list(option_letters(len(question.options)))}
+    return _with(ONE_ANSWER, _object({"answer": answer}))
+
+
+def answers_reply(n: int) -> ReplyFormat:
+    """``{"answers": {"1": string, ..., "n": string}}``: exactly the group's numbers."""
+    return _with(MANY_ANSWERS, _object({"answers": _object({str(i + 1): {"type": "string"} for i in range(n)})}))
+
+
+def edges_reply(n: int, max_edges: int) -> ReplyFormat:
+    """``{"edges": [...]}`` with at most ``max_edges`` edges between questions ``1..n``:
+    ``from`` and ``to`` two different question numbers, ``confidence`` in [0, 1], a short
+    ``reason``."""
+    if n < 2:
+        return _with(EDGES, _object({"edges": {"type": "array", "maxItems": 0}}))
+    edge = [_object({"from": {"const": i}, "to": {"enum": [j for j in range(1, n + 1) if j != i]},
+                     "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                     # A pattern, not maxLength: xgrammar's maxLength rule lets control
+                     # characters into the string, which JSON forbids.
+                     "reason": {"type": "string", "pattern": f'^[^\\u0000-\\u001f"\\\\]{{0,{REASON_CHARS}}}$'}})
+            for i in range(1, n + 1)]
+    return _with(EDGES, _object({"edges": {"type": "array", "maxItems": max(0, max_edges),
+                                           "items": {"anyOf": edge}}}))
+
+
+def option_letters(n: int) -> str:
+    """The letters of ``n`` options (a question has at most ``MAX_OPTIONS``)."""
+    return LETTERS[:n]
 
 SYSTEM_EDGES = (
     "You analyse a list of numbered questions about one text. A question depends on an "
@@ -92,7 +151,7 @@ def question_block(q: Question, number: int | None = None) -> str:
     head = f"Question {number}: " if number is not None else "Question: "
     parts.append(head + q.text)
     if q.options:
-        parts.append("\n".join(f"{LETTERS[i]}. {opt}" for i, opt in enumerate(q.options)))
+        parts.append("\n".join(f"{letter}. {opt}" for letter, opt in zip(option_letters(len(q.options)), q.options)))
         parts.append("Answer with the letter of the correct option.")
     return "\n".join(parts)
 

@@ -26,6 +26,7 @@ reply, each read), not to the request as a whole.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import os
@@ -62,6 +63,9 @@ class ChatResult:
         attempts: how many HTTP requests were made.
         error: None on success; otherwise one line naming the status or exception, the URL
             and the number of attempts, with an excerpt of the last reply.
+        schema_fallback: the request asked for a ``response_format`` that the server
+            refused (HTTP 400 naming it), and this is the answer to the same request sent
+            again without it.
     """
 
     text: str
@@ -71,6 +75,7 @@ class ChatResult:
     latency_s: float
     attempts: int
     error: str | None = None
+    schema_fallback: bool = False
 
 
 class _AttemptFailed(Exception):
@@ -225,6 +230,7 @@ class OpenAIClient:
         temperature: float = 0.0,
         stop: str | Sequence[str] | None = None,
         seed: int | None = None,
+        response_format: Mapping[str, object] | None = None,
     ) -> ChatResult:
         """Asks for one completion, retrying what may pass on a second try.
 
@@ -234,6 +240,9 @@ class OpenAIClient:
             temperature: 0 for (near-)greedy decoding.
             stop: a string or strings that end the reply; omitted from the request if None.
             seed: asks the server for repeatable sampling; omitted if None.
+            response_format: e.g. ``{"type": "json_schema", "json_schema": {...}}``; a server
+                that refuses it (HTTP 400 whose body names ``response_format``) gets the
+                request once more without it, and the result has ``schema_fallback`` set.
 
         Returns:
             The reply, or a result with ``finish_reason="error"`` and ``error`` set; a failed
@@ -249,6 +258,8 @@ class OpenAIClient:
             payload["stop"] = stop if isinstance(stop, str) else list(stop)
         if seed is not None:
             payload["seed"] = seed
+        if response_format is not None:
+            payload["response_format"] = dict(response_format)
         data = json.dumps(payload).encode("utf-8")
         start = time.monotonic()
         attempt = 0
@@ -256,6 +267,11 @@ class OpenAIClient:
             try:
                 text, finish, prompt_tokens, completion_tokens = self._attempt(data)
             except _AttemptFailed as failure:
+                if response_format is not None and failure.reason == "HTTP 400" \
+                        and "response_format" in failure.detail:
+                    again = self.chat(messages, max_tokens, temperature, stop, seed)
+                    return dataclasses.replace(again, schema_fallback=True, attempts=again.attempts + attempt + 1,
+                                               latency_s=time.monotonic() - start)
                 if not failure.retryable or attempt >= self.max_retries:
                     return self._failed(failure, attempt + 1, time.monotonic() - start)
                 time.sleep(self._wait(attempt, failure.retry_after))
@@ -271,12 +287,14 @@ class OpenAIClient:
             )
 
     def chat_many(
-        self, conversations: Sequence[Sequence[Message]], **kwargs: object
+        self, conversations: Sequence[Sequence[Message]],
+        response_formats: Sequence[Mapping[str, object] | None] | None = None, **kwargs: object
     ) -> list[ChatResult]:
         """Runs :meth:`chat` on each conversation, ``concurrency`` at a time.
 
         Args:
             conversations: one message list per request.
+            response_formats: one ``response_format`` (or None) per request.
             **kwargs: passed to every :meth:`chat` call (``max_tokens``, ``temperature``,
                 ``stop``, ``seed``).
 
@@ -286,9 +304,11 @@ class OpenAIClient:
         """
         if not conversations:
             return []
+        formats = list(response_formats) if response_formats is not None else [None] * len(conversations)
         workers = min(self.concurrency, len(conversations))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-chat") as pool:
-            return list(pool.map(lambda messages: self.chat(messages, **kwargs), conversations))
+            return list(pool.map(lambda pair: self.chat(pair[0], response_format=pair[1], **kwargs),
+                                 zip(conversations, formats)))
 
     def _attempt(self, data: bytes) -> tuple[str, str, int, int]:
         """One HTTP request; the parsed reply or an :class:`_AttemptFailed`."""

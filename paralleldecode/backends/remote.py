@@ -7,7 +7,9 @@ vLLM) instead of the local decoding engine.
 :class:`~paralleldecode.backends.vllm_client.VLLMClient`). Differences from local runs:
 
 * the reply is not primed with the JSON opening (chat APIs cannot continue an assistant
-  turn portably); the instruction still asks for JSON and parsing is tolerant;
+  turn portably); the instruction still asks for JSON and parsing is tolerant; with
+  structured output on, each request carries its reply's JSON schema as ``response_format``
+  (a server that refuses it gets the request once more without it, and the result says so);
 * token counts come from the server's usage figures; ``forward_passes`` counts requests;
 * a request that failed after its retries becomes an empty answer with ``finish_reason``
   ``"error"`` and the reason in ``error``: recorded, never dropped;
@@ -35,12 +37,14 @@ class RemoteContext:
         generation: per-answer settings (``max_new_tokens``, ``temperature``, ``seed``,
             ``stop_strings``; ``top_p`` is the server's default).
         name: the back-end's name, for error messages.
+        structured: send each reply's JSON schema with its request (``response_format``).
     """
 
-    def __init__(self, client, generation: GenerationConfig, name: str = "API") -> None:
+    def __init__(self, client, generation: GenerationConfig, name: str = "API", structured: bool = False) -> None:
         self.client = client
         self.generation = generation
         self.name = name
+        self.structured = structured
 
     def generate(
         self,
@@ -52,17 +56,22 @@ class RemoteContext:
         session=None,
     ) -> tuple[list[str], GenerationResult]:
         """Send one chat request per stream; see the module docstring for the differences."""
-        del reply  # not primed remotely; parsing handles whole replies
         if layout != "rows" or session is not None:
             raise StrategyUnavailable(
                 f"layout {layout!r}{' with a KV session' if session is not None else ''} needs token-level access to a local model; the {self.name} "
                 "back-end runs independent requests only"
             )
         gen = self.generation.budget(max_new_tokens)
+        conversations = build(group)
+        # Not primed remotely (chat APIs cannot continue an assistant turn portably): the
+        # instruction asks for JSON, the schema (when on) holds the server to it.
+        replies = reply if isinstance(reply, list) else [reply] * len(conversations)
+        formats = [response_format(r) if self.structured else None for r in replies]
         start = time.perf_counter()
         results = self.client.chat_many(
-            build(group), max_tokens=gen.max_new_tokens, temperature=gen.temperature,
+            conversations, max_tokens=gen.max_new_tokens, temperature=gen.temperature,
             stop=list(gen.stop_strings) or None, seed=gen.seed,
+            **({"response_formats": formats} if any(formats) else {}),
         )
         wall = time.perf_counter() - start
         streams = [
@@ -70,7 +79,7 @@ class RemoteContext:
                 token_ids=[], text=r.text if not r.error else "",
                 finish_reason="error" if r.error else (r.finish_reason or "stop"),
                 prompt_tokens=r.prompt_tokens, generated_tokens=r.completion_tokens, error=r.error,
-                finish_seconds=r.latency_s,
+                finish_seconds=r.latency_s, schema_fallback=r.schema_fallback,
             )
             for r in results
         ]
@@ -79,3 +88,11 @@ class RemoteContext:
             prompt_tokens_processed=sum(s.prompt_tokens for s in streams), wall_seconds=wall,
         )
         return [s.text for s in streams], res
+
+
+def response_format(reply: ReplyFormat) -> dict | None:
+    """The OpenAI ``response_format`` that holds a reply to its schema (None without one)."""
+    schema = reply.json_schema
+    if schema is None:
+        return None
+    return {"type": "json_schema", "json_schema": {"name": "reply", "strict": True, "schema": schema}}

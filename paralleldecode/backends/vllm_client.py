@@ -51,9 +51,13 @@ class VLLMClient:
         return self._llm
 
     def chat_many(self, conversations, max_tokens: int = 256, temperature: float = 0.0,
-                  stop=None, seed: int | None = None) -> list[ChatResult]:
+                  stop=None, seed: int | None = None, response_formats=None) -> list[ChatResult]:
         """Generate a reply for every conversation in one vLLM call, in input order (results
-        shaped like the API client's; ``latency_s`` is the whole call's)."""
+        shaped like the API client's; ``latency_s`` is the whole call's).
+
+        vLLM's own guided decoding is not wired in here: replies asked for with a schema
+        are generated without it, and every such result says so (``schema_fallback``).
+        """
         import vllm
 
         params = vllm.SamplingParams(max_tokens=max_tokens, temperature=temperature, stop=stop,
@@ -66,6 +70,7 @@ class VLLMClient:
                 text=o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids or []),
                 completion_tokens=len(o.outputs[0].token_ids),
                 finish_reason=o.outputs[0].finish_reason or "stop", latency_s=wall, attempts=1,
+                schema_fallback=bool(response_formats and response_formats[i]),
             )
-            for o in outputs
+            for i, o in enumerate(outputs)
         ]

@@ -13,6 +13,8 @@ from typing import Any
 from paralleldecode.errors import UserError
 
 ANSWER_TYPES = ("short", "choice", "long")
+# Options are shown with the letters A-J: a question may have at most this many.
+MAX_OPTIONS = 10
 
 
 class DataError(UserError, ValueError):
@@ -51,6 +53,9 @@ class Question:
         self.answers = [str(a) for a in self.answers]
         if self.options:
             self.answer_type = "choice"
+            if len(self.options) > MAX_OPTIONS:
+                raise DataError(f"question {self.id!r} has {len(self.options)} options; prompts label at "
+                                f"most {MAX_OPTIONS} (A-J)")
         if self.answer_type not in ANSWER_TYPES:
             raise DataError(
                 f"question {self.id!r}: answer_type {self.answer_type!r} is not one of {', '.join(ANSWER_TYPES)}"

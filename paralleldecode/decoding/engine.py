@@ -93,6 +93,8 @@ class StreamResult:
             latency within the batch; a remote request's own latency).
         logits: ``(G, V)`` float logits each generated token was picked from, when
             ``GenerationConfig.output_logits`` is set; else None.
+        schema_fallback: a remote back-end refused the reply's schema and the request was
+            sent again without it.
     """
 
     token_ids: list[int]
@@ -103,6 +105,7 @@ class StreamResult:
     error: str | None = None
     finish_seconds: float = 0.0
     logits: torch.Tensor | None = None
+    schema_fallback: bool = False
 
     def __post_init__(self) -> None:
         if self.generated_tokens < 0:
@@ -128,6 +131,8 @@ class GenerationResult:
             masked rest are separate calls); the other passes are decoding steps.
         share: the part of the call's passes and time that belongs to these streams when
             the call served several groups (packing); 1 otherwise.
+        constraint_seconds: time spent in the constraint hook (filling and applying the
+            allowed-token masks).
     """
 
     streams: list[StreamResult]
@@ -140,6 +145,7 @@ class GenerationResult:
     caches: list[RowCache] | None = None
     prefill_passes: int = 1
     share: float = 1.0
+    constraint_seconds: float = 0.0
 
     @property
     def generated_tokens(self) -> int:
@@ -253,7 +259,7 @@ class DecodingEngine:
 
     @torch.no_grad()
     def generate(self, layout: Layout, config: GenerationConfig | Sequence[GenerationConfig],
-                 keep_cache: bool = False) -> GenerationResult:
+                 keep_cache: bool = False, constraint=None) -> GenerationResult:
         """Prefill ``layout`` then decode one token per live stream per step.
 
         Args:
@@ -262,6 +268,10 @@ class DecodingEngine:
                 strings may differ; sampling settings and EOS ids must agree).
             keep_cache: return each stream's row cache (``GenerationResult.caches``), to
                 continue from it in a later call; every row must hold one stream.
+            constraint: the per-stream hook on the logits before the pick (see
+                :mod:`~paralleldecode.decoding.constraints`): ``mask(streams, logits)``
+                blocks, in place, the tokens each picking stream may not take,
+                ``accept(stream, token)`` is told each pick, ``finish(stream)`` each stop.
 
         Raises:
             ValueError: a stream's prompt plus its ``max_new_tokens`` exceeds the model's
@@ -312,6 +322,8 @@ class DecodingEngine:
 
         while True:
             live = [i for i in range(n) if not st.done[i]]
+            if constraint is not None:
+                self._constrain(constraint, live, st, stream_logits)
             next_ids = self._pick(stream_logits, shared, gen)
             stopped = []
             for j, i in enumerate(live):
@@ -322,9 +334,13 @@ class DecodingEngine:
                     st.logits[i].append(stream_logits[j].detach().float().cpu())
                 self._append(st, i, int(next_ids[j]), eos, configs[i])
                 st.feed[i] = st.tokens[i][-1]
+                if constraint is not None:
+                    constraint.accept(i, st.tokens[i][-1])
                 if st.done[i]:
                     st.finished[i] = time.perf_counter() - start
                     stopped.append(i)
+                    if constraint is not None:
+                        constraint.finish(i)
             live = [i for i in range(n) if not st.done[i]]
             if not live:
                 break
@@ -368,7 +384,8 @@ class DecodingEngine:
                       row_cache(cache, st.cache_owner, st.cache_ids, int(st.stream_row[i]))
                       for i in range(n)]
         return GenerationResult(streams, passes, layout.processed_tokens, wall, peak, fed,
-                                prefill_wall, caches, prefill_passes)
+                                prefill_wall, caches, prefill_passes,
+                                constraint_seconds=getattr(constraint, "seconds", 0.0))
 
     @torch.no_grad()
     def prefill(self, layout: Layout) -> GenerationResult:
@@ -386,6 +403,17 @@ class DecodingEngine:
                                 wall, caches, passes)
 
     # -- pieces of the loop -------------------------------------------------------------
+
+    @staticmethod
+    def _constrain(constraint, live: list[int], st: _State, logits: torch.Tensor) -> None:
+        """Mask, in place, the rows of ``logits`` (one per live stream) that pick now."""
+        picking = [j for j, i in enumerate(live) if not st.pending[i]]
+        if len(picking) == len(live):
+            constraint.mask(live, logits)
+        elif picking:
+            rows = logits[picking]
+            constraint.mask([live[j] for j in picking], rows)
+            logits[picking] = rows
 
     def _prefill(self, layout: Layout, logits: bool = True):
         """Run the prompt slots through the model (see the module docstring).

@@ -6,6 +6,10 @@ run context) gets the numbered questions and replies with
 "from", numbered from 1). Only a reply that parses completely and whose every edge is valid
 is used; invalid or partial JSON falls back to the heuristic generator, and the result
 says so (``fallback=True``, with the reason in ``details``) so runs can count fallbacks.
+With structured output the reply is constrained to its schema (question numbers 1..N, no
+edge from a question to itself, confidence in [0, 1], at most the selection's cap of edges),
+so it always parses; when the budget cuts it short, the edges completed before the cut
+are kept.
 The tokens of this step (prompt and reply) are the step's cost; ``details["generation"]``
 holds the call's figures so a strategy can add them to its own cost.
 """
@@ -19,11 +23,36 @@ from typing import Any
 from paralleldecode.data.records import QuestionGroup
 from paralleldecode.dependencies.graph import DependencyResult, Edge
 from paralleldecode.dependencies.heuristic import HeuristicGenerator
-from paralleldecode.prompts import EDGES, dependency_request
+from paralleldecode.prompts import dependency_request, edges_reply
 
 
 class InvalidEdges(ValueError):
     """The reply was not the requested JSON; the message says what was wrong."""
+
+
+def complete_edges(reply: str) -> str:
+    """A reply cut short inside its ``edges`` list, closed after its last complete edge.
+
+    Constrained decoding keeps every reply a start of valid JSON, so when the budget runs
+    out mid-edge, the edges already closed are valid: this keeps them (and only them).
+    """
+    depth, in_string, escaped, last = 0, False, False, -1
+    for i, ch in enumerate(reply):
+        if in_string:
+            escaped, in_string = (False, in_string) if escaped else (ch == "\\", ch != '"')
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 2 and ch == "}":  # an edge object inside {"edges": [...]} closed
+                last = i
+    start = reply.find("[")
+    if start < 0:
+        return reply
+    return (reply[: last + 1] if last >= 0 else reply[: start + 1]) + "]}"
 
 
 def parse_edges(reply: str, n_questions: int) -> list[Edge]:
@@ -69,19 +98,29 @@ class LLMDependencyGenerator:
         ctx: the strategy's run context (local engine or remote back-end).
         max_new_tokens: budget of the reply.
         fallback: used when the reply is not valid JSON edges.
+        max_parents: the selection's cap of parents per question; the reply schema allows
+            at most this many edges per question, and no more than fit the budget.
     """
 
     name = "llm"
 
-    def __init__(self, ctx, max_new_tokens: int = 160, fallback: HeuristicGenerator | None = None) -> None:
+    def __init__(self, ctx, max_new_tokens: int = 160, fallback: HeuristicGenerator | None = None,
+                 max_parents: int = 2) -> None:
         self.ctx = ctx
         self.max_new_tokens = max_new_tokens
         self.fallback = fallback or HeuristicGenerator()
+        self.max_parents = max_parents
 
     def generate(self, group: QuestionGroup) -> DependencyResult:
-        (reply,), res = self.ctx.generate(group, lambda g: [dependency_request(g)], EDGES,
+        # At most the selection's cap of parents for every question.
+        reply_format = edges_reply(len(group), self.max_parents * len(group))
+        (reply,), res = self.ctx.generate(group, lambda g: [dependency_request(g)], reply_format,
                                           max_new_tokens=self.max_new_tokens)
         tokens = res.prompt_tokens_processed + res.generated_tokens
+        constrained = getattr(self.ctx, "grammars", None) is not None
+        if constrained and res.streams[0].finish_reason == "length":
+            # A constrained reply the budget cut: its complete edges are valid; keep those.
+            reply = complete_edges(reply)
         try:
             edges = parse_edges(reply, len(group))
         except InvalidEdges as err:

@@ -26,6 +26,7 @@ from paralleldecode.decoding import (
     split_common_prefix,
 )
 from paralleldecode.decoding.cache import RowCache
+from paralleldecode.decoding.constraints import Grammars
 from paralleldecode.decoding.columnar import columnar_prompts
 from paralleldecode.metrics import score
 from paralleldecode.prompts import Message, Parsed, PromptRenderer, ReplyFormat, parse_answer
@@ -62,6 +63,9 @@ class Cost:
         wall_seconds: wall time of the strategy on the group (its share of a packed batch's).
         decode_seconds: the part of it spent in decoding steps after prefills.
         peak_cache_bytes: the largest KV cache any of its generate calls held.
+        constraint_seconds: the part spent masking logits to reply schemas.
+        schema_fallbacks: API requests that a server refused with their reply schema and
+            that were sent again without it.
     """
 
     prompt_tokens: int = 0
@@ -70,6 +74,8 @@ class Cost:
     wall_seconds: float = 0.0
     decode_seconds: float = 0.0
     peak_cache_bytes: int = 0
+    constraint_seconds: float = 0.0
+    schema_fallbacks: int = 0
 
     def add(self, res: GenerationResult) -> None:
         """Count one generate call; a call shared by several groups (packing) counts its
@@ -79,6 +85,8 @@ class Cost:
         self.forward_passes += res.forward_passes * res.share
         self.decode_seconds += (res.wall_seconds - res.prefill_seconds) * res.share
         self.peak_cache_bytes = max(self.peak_cache_bytes, res.peak_cache_bytes)
+        self.constraint_seconds += res.constraint_seconds
+        self.schema_fallbacks += sum(s.schema_fallback for s in res.streams)
 
 
 @dataclass
@@ -90,7 +98,9 @@ class QuestionResult:
     stay None, as do all of them for a question without gold. Token and pass figures are
     those of the generate call that produced the answer; where one call answers several questions in one stream (``all_in_one``) its tokens are shared
     equally among them. ``latency_s`` is the time from the group's start until this answer
-    was available.
+    was available. ``schema_fallback`` is True when an API server refused the reply schema
+    and the request went again without it; ``dependency_fallback`` is True when a
+    dependency-aware strategy's edges for this group came from the heuristic fallback.
     """
 
     strategy: str
@@ -123,6 +133,8 @@ class QuestionResult:
     judge_completeness: float | None = None
     judge_proficiency: float | None = None
     judge_error: str | None = None
+    schema_fallback: bool | None = None
+    dependency_fallback: bool | None = None
 
     def __post_init__(self) -> None:
         for key, value in score(self.answer, self.gold, self.answer_type, self.options).items():
@@ -165,6 +177,8 @@ class RunContext:
             checkpoints by it).
         packer: when set, the engine calls of several groups' strategy runs are stacked
             into one (see :mod:`paralleldecode.strategies.packing`); strategies never see it.
+        grammars: when set (structured output on), every reply that carries a schema is
+            decoded under it (see :mod:`paralleldecode.decoding.constraints`).
     """
 
     engine: DecodingEngine
@@ -173,12 +187,13 @@ class RunContext:
     truncate_context: bool = False
     model_name: str | None = None
     packer: Any = None
+    grammars: Grammars | None = None
 
     def generate(
         self,
         group: QuestionGroup,
         build: Callable[[QuestionGroup], list[list[Message]]],
-        reply: ReplyFormat,
+        reply: ReplyFormat | list[ReplyFormat],
         max_new_tokens: int | None = None,
         layout: str = "rows",
         session: KVSession | None = None,
@@ -187,6 +202,8 @@ class RunContext:
         the window, and generate the streams together.
 
         Args:
+            reply: the reply format of every stream, or one per stream (they share their
+                opening and close; their schemas may differ, e.g. each question's letters).
             layout: ``"rows"`` (each stream its own padded row), ``"prefix_cached"`` (rows
                 whose common prefix is prefilled once and its KV copied into every row),
                 ``"shared_prefix"`` (one row: the streams' common prefix once, then one
@@ -202,28 +219,37 @@ class RunContext:
             (for ``prefix_cached``, the prefix's prefill and the generation together).
         """
         gen = self.generation.budget(max_new_tokens)
-        gen = dataclasses.replace(gen, stop_strings=(reply.close, *gen.stop_strings))
-        ids = self.fit(group, build, gen.max_new_tokens, reply.prefix)
+        first = reply[0] if isinstance(reply, list) else reply
+        gen = dataclasses.replace(gen, stop_strings=(first.close, *gen.stop_strings))
+        ids = self.fit(group, build, gen.max_new_tokens, first.prefix)
+        replies = reply if isinstance(reply, list) else [reply] * len(ids)
+        if len(replies) != len(ids) or any((r.prefix, r.close) != (first.prefix, first.close) for r in replies):
+            raise ValueError("one reply format per stream, all with the same opening and close")
+        constraint = None
+        if self.grammars is not None:
+            constraint = self.grammars.constraint([r.schema for r in replies], [r.prefix for r in replies])
         pad = self.engine.pad_id
         if session is not None:
             if len(ids) != 1 or layout != "rows":
                 raise ValueError("a KV session carries one stream in rows")
-            res = self.run_engine(independent_rows(ids, pad, past=[session.cache]), gen, keep_cache=True)
+            res = self.run_engine(independent_rows(ids, pad, past=[session.cache]), gen, keep_cache=True,
+                                  constraint=constraint)
             session.cache = res.caches[0]
         elif layout == "prefix_cached":
-            res = self._prefix_cached(ids, gen)
+            res = self._prefix_cached(ids, gen, constraint)
         else:
-            res = self.run_engine(LAYOUTS[layout](ids, pad), gen)
-        return [reply.complete(s.text, s.finish_reason) for s in res.streams], res
+            res = self.run_engine(LAYOUTS[layout](ids, pad), gen, constraint=constraint)
+        return [r.complete(s.text, s.finish_reason) for r, s in zip(replies, res.streams)], res
 
-    def _prefix_cached(self, ids: list[list[int]], gen: GenerationConfig) -> GenerationResult:
+    def _prefix_cached(self, ids: list[list[int]], gen: GenerationConfig, constraint=None) -> GenerationResult:
         """Prefill the prompts' common prefix once in one row, then decode rows that each
         start from a copy of its KV; without a common prefix this is ``rows``."""
         prefix, _ = split_common_prefix(ids)
         if not prefix:
-            return self.run_engine(independent_rows(ids, self.engine.pad_id), gen)
+            return self.run_engine(independent_rows(ids, self.engine.pad_id), gen, constraint=constraint)
         pre = self.run_engine(independent_rows([prefix], self.engine.pad_id), None)
-        res = self.run_engine(independent_rows(ids, self.engine.pad_id, past=pre.caches * len(ids)), gen)
+        res = self.run_engine(independent_rows(ids, self.engine.pad_id, past=pre.caches * len(ids)), gen,
+                              constraint=constraint)
         return dataclasses.replace(
             res, forward_passes=res.forward_passes + pre.forward_passes,
             prompt_tokens_processed=res.prompt_tokens_processed + pre.prompt_tokens_processed,
@@ -235,13 +261,14 @@ class RunContext:
             share=(res.forward_passes * res.share + pre.forward_passes * pre.share)
             / (res.forward_passes + pre.forward_passes))
 
-    def run_engine(self, layout: Layout, gen: GenerationConfig | None, keep_cache: bool = False) -> GenerationResult:
+    def run_engine(self, layout: Layout, gen: GenerationConfig | None, keep_cache: bool = False,
+                   constraint=None) -> GenerationResult:
         """One engine call (``gen`` None: a prefill only), through the packer when set."""
         if self.packer is not None:
-            return self.packer.call(self.engine, layout, gen, keep_cache)
+            return self.packer.call(self.engine, layout, gen, keep_cache, constraint)
         if gen is None:
             return self.engine.prefill(layout)
-        return self.engine.generate(layout, gen, keep_cache=keep_cache)
+        return self.engine.generate(layout, gen, keep_cache=keep_cache, constraint=constraint)
 
     def fit(
         self,
@@ -303,7 +330,7 @@ class Strategy:
     def result(
         self, group: QuestionGroup, q: Question, raw: str, parsed: Parsed, finish_reason: str,
         prompt_tokens: float, generated_tokens: float, forward_passes: int, latency_s: float,
-        error: str | None = None,
+        error: str | None = None, schema_fallback: bool | None = None,
     ) -> QuestionResult:
         return QuestionResult(
             strategy=self.name, dataset=group.dataset, group_id=group.id, question_id=q.id,
@@ -311,7 +338,7 @@ class Strategy:
             format_ok=parsed.format_ok, finish_reason=finish_reason,
             prompt_tokens=prompt_tokens, generated_tokens=generated_tokens,
             forward_passes=forward_passes, latency_s=latency_s,
-            answer_type=q.answer_type, options=q.options, error=error,
+            answer_type=q.answer_type, options=q.options, error=error, schema_fallback=schema_fallback,
         )
 
     def failed(self, group: QuestionGroup, error: str) -> GroupRun:
@@ -331,7 +358,8 @@ class Strategy:
         return [
             self.result(group, q, reply, parse_answer(reply), s.finish_reason,
                         prompt_tokens=s.prompt_tokens, generated_tokens=s.generated_tokens,
-                        forward_passes=res.forward_passes, latency_s=latency_s, error=s.error)
+                        forward_passes=res.forward_passes, latency_s=latency_s, error=s.error,
+                        schema_fallback=s.schema_fallback or None)
             for q, s, reply in zip(questions, res.streams, replies)
         ]
 

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from paralleldecode.data.records import QuestionGroup
 from paralleldecode.prompts import (
-    MANY_ANSWERS,
-    ONE_ANSWER,
     all_questions,
+    answer_reply,
+    answers_reply,
     conversation,
     one_question,
     parse_answers,
@@ -45,13 +45,14 @@ class AllInOne(Strategy):
         clock, n = Timer(), len(group)
         # One reply carries n answers plus the JSON around them.
         budget = ctx.generation.max_new_tokens * n + 8 * n
-        (reply,), res = ctx.generate(group, lambda g: [all_questions(g)], MANY_ANSWERS, budget)
+        (reply,), res = ctx.generate(group, lambda g: [all_questions(g)], answers_reply(n), budget)
         stream, wall = res.streams[0], clock()
         results = [
             self.result(group, q, reply, p, stream.finish_reason,
                         prompt_tokens=stream.prompt_tokens / n,
                         generated_tokens=stream.generated_tokens / n,
-                        forward_passes=res.forward_passes, latency_s=wall, error=stream.error)
+                        forward_passes=res.forward_passes, latency_s=wall, error=stream.error,
+                        schema_fallback=stream.schema_fallback or None)
             for q, p in zip(group.questions, parse_answers(reply, n))
         ]
         cost = Cost(wall_seconds=wall)
@@ -68,7 +69,7 @@ class Sequential(Strategy):
         clock, cost, results, asked = Timer(), Cost(), [], []
         session = KVSession() if self.cached else None
         for q in group.questions:
-            (reply,), res = ctx.generate(group, lambda g, q=q: [conversation(g, asked, q)], ONE_ANSWER,
+            (reply,), res = ctx.generate(group, lambda g, q=q: [conversation(g, asked, q)], answer_reply(q),
                                          session=session)
             results += self.single_answers(group, [q], [reply], res, clock())
             cost.add(res)
@@ -85,7 +86,7 @@ class Batch(Strategy):
     def run(self, group: QuestionGroup, ctx: RunContext) -> GroupRun:
         clock = Timer()
         replies, res = ctx.generate(group, lambda g: [one_question(g, q) for q in g.questions],
-                                    ONE_ANSWER, layout=self.layout)
+                                    [answer_reply(q) for q in group.questions], layout=self.layout)
         wall = clock()
         results = self.single_answers(group, group.questions, replies, res, wall)
         cost = Cost(wall_seconds=wall)

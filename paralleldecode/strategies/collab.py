@@ -27,7 +27,7 @@ from paralleldecode.dependencies.html_view import write_group_html
 from paralleldecode.dependencies.llm import LLMDependencyGenerator
 from paralleldecode.dependencies.scheduler import ideal_latency, layers, parents
 from paralleldecode.dependencies.selection import select_edges
-from paralleldecode.prompts import ONE_ANSWER, one_question
+from paralleldecode.prompts import answer_reply, one_question
 from paralleldecode.strategies.base import Cost, GroupRun, RunContext, Strategy, Timer, register
 
 _FIGURES = ("layers", "edges_kept", "edges_proposed", "dependency_tokens", "dependency_fallbacks")
@@ -80,12 +80,14 @@ class _Collab(Strategy):
                 return [one_question(g, g.questions[i],
                                      parents=[(g.questions[p], results[p].answer) for p in par[i]])
                         for i in layer]
-            replies, res = ctx.generate(group, build, ONE_ANSWER)
+            replies, res = ctx.generate(group, build, [answer_reply(group.questions[i]) for i in layer])
             cost.add(res)
             done = self.single_answers(group, [group.questions[i] for i in layer], replies, res, clock())
             for i, s, r in zip(layer, res.streams, done):
                 results[i], own_seconds[i] = r, s.finish_seconds
         cost.wall_seconds = clock()
+        for r in results:
+            r.dependency_fallback = bool(dep.fallback)
         extras = {"layers": len(plan), "edges_kept": len(edges), "edges_proposed": len(dep.edges),
                   "dependency_tokens": dep.tokens, "dependency_fallbacks": int(dep.fallback)}
         if self.ideal:
@@ -116,7 +118,8 @@ class _CollabLLM(_Collab):
         self.dependency_max_new_tokens = dependency_max_new_tokens
 
     def dependencies(self, group: QuestionGroup, ctx: RunContext) -> DependencyResult:
-        return LLMDependencyGenerator(ctx, self.dependency_max_new_tokens).generate(group)
+        return LLMDependencyGenerator(ctx, self.dependency_max_new_tokens,
+                                      max_parents=self.max_dependencies).generate(group)
 
 
 class _CollabBERT(_Collab):

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paralleldecode.decoding import GenerationConfig, GenerationResult, Layout, stack_layouts
+from paralleldecode.decoding.constraints import stack_constraints
 
 
 @dataclass
@@ -40,6 +41,7 @@ class _Call:
     layout: Layout
     config: GenerationConfig | None  # None: a prefill only
     keep_cache: bool
+    constraint: Any = None
     result: GenerationResult | None = None
     error: BaseException | None = None
     done: bool = False
@@ -100,12 +102,13 @@ class Packer:
             t.join()
         return results
 
-    def call(self, engine, layout: Layout, config: GenerationConfig | None, keep_cache: bool) -> GenerationResult:
+    def call(self, engine, layout: Layout, config: GenerationConfig | None, keep_cache: bool,
+             constraint=None) -> GenerationResult:
         """A worker's engine call: wait for the round, return this worker's part of it."""
         worker = getattr(self._local, "worker", None)
         if worker is None:  # not inside run(): nothing to pack with
-            return _direct(engine, layout, config, keep_cache)
-        call = _Call(worker, engine, layout, config, keep_cache)
+            return _direct(engine, layout, config, keep_cache, constraint)
+        call = _Call(worker, engine, layout, config, keep_cache, constraint)
         with self._cond:
             self._waiting[worker] = call
             self._cond.notify_all()
@@ -128,34 +131,38 @@ class Packer:
                     continue
                 for call in calls:  # find the one that fails; the rest still get answers
                     try:
-                        call.result = _direct(call.engine, call.layout, call.config, call.keep_cache)
+                        call.result = _direct(call.engine, call.layout, call.config, call.keep_cache,
+                                              call.constraint)
                     except Exception as err:  # noqa: BLE001
                         call.error = err
 
 
-def _direct(engine, layout: Layout, config: GenerationConfig | None, keep_cache: bool) -> GenerationResult:
+def _direct(engine, layout: Layout, config: GenerationConfig | None, keep_cache: bool,
+            constraint=None) -> GenerationResult:
     if config is None:
         return engine.prefill(layout)
-    return engine.generate(layout, config, keep_cache=keep_cache)
+    return engine.generate(layout, config, keep_cache=keep_cache, constraint=constraint)
 
 
 def _run_stacked(calls: list[_Call]) -> None:
     engine = calls[0].engine
     if len(calls) == 1:
         c = calls[0]
-        c.result = _direct(engine, c.layout, c.config, c.keep_cache)
+        c.result = _direct(engine, c.layout, c.config, c.keep_cache, c.constraint)
         return
     layout = stack_layouts([c.layout for c in calls], engine.pad_id)
     if calls[0].config is None:
         res = engine.prefill(layout)
     else:
         configs = [c.config for c in calls for _ in range(c.layout.num_streams)]
-        res = engine.generate(layout, configs, keep_cache=calls[0].keep_cache)
+        constraint = stack_constraints([c.constraint for c in calls], [c.layout.num_streams for c in calls])
+        res = engine.generate(layout, configs, keep_cache=calls[0].keep_cache, constraint=constraint)
     start = 0
     for c in calls:
         n = c.layout.num_streams
         c.result = dataclasses.replace(
             res, streams=res.streams[start:start + n],
             caches=res.caches[start:start + n] if res.caches is not None else None,
-            prompt_tokens_processed=c.layout.processed_tokens, share=1.0 / len(calls))
+            prompt_tokens_processed=c.layout.processed_tokens, share=1.0 / len(calls),
+            constraint_seconds=getattr(c.constraint, "seconds", 0.0))
         start += n

@@ -102,3 +102,35 @@ def test_judge_scores_long_answers_into_the_summary(chat_server, tmp_path, monke
     assert summary["rougeL"] is not None and summary["em"] is None
     records = [json.loads(line) for line in (out / "predictions.jsonl").open()]
     assert all(r["answer_type"] == "long" and r["judge_relevance"] == 5 for r in records)
+
+
+def test_structured_output_sends_each_replys_schema_and_counts_refusals(chat_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_KEY", "sk-test")
+
+    def answer(body: dict) -> Reply:
+        if "response_format" in body and "Question 1:" in body["messages"][-1]["content"]:
+            return Reply(status=400, body={"error": {"message": "response_format json_schema unsupported"}})
+        return _answer(body)
+
+    chat_server.respond_with(answer)
+    build_cli(["predict", "--config", str(_config(tmp_path, chat_server.base_url, ["all_in_one", "batch"]))])
+    (out,) = tmp_path.glob("lightning_logs/version_*")
+    schemas = [r.body["response_format"]["json_schema"]["schema"] for r in chat_server.requests
+               if "response_format" in r.body]
+    assert any(list(s["properties"]) == ["answer"] for s in schemas)
+    assert any(list(s["properties"]) == ["answers"] and len(s["properties"]["answers"]["required"]) >= 2
+               for s in schemas)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["all_in_one"]["schema_fallbacks"] == 2  # one request per group, both refused
+    assert summary["batch"]["schema_fallbacks"] == 0 and summary["batch"]["structured_output"] is True
+    records = [json.loads(line) for line in (out / "predictions.jsonl").open()]
+    assert all(r["schema_fallback"] for r in records if r["strategy"] == "all_in_one")
+    assert not any(r["schema_fallback"] for r in records if r["strategy"] == "batch")
+
+
+def test_structured_output_off_sends_no_schema(chat_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_KEY", "sk-test")
+    chat_server.respond_with(_answer)
+    build_cli(["predict", "--config", str(_config(tmp_path, chat_server.base_url, ["batch"],
+                                                  structured_output=False))])
+    assert chat_server.requests and not any("response_format" in r.body for r in chat_server.requests)

@@ -231,3 +231,37 @@ def test_chat_many_bounds_concurrency(chat_server):
 
 def test_chat_many_empty():
     assert OpenAIClient("http://127.0.0.1:1/v1", "m", api_key_env=None).chat_many([]) == []
+
+
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "reply", "strict": True,
+                                                 "schema": {"type": "object", "properties": {"answer": {"type": "string"}},
+                                                            "required": ["answer"], "additionalProperties": False}}}
+
+
+def test_the_reply_schema_travels_as_response_format(chat_server):
+    chat_server.queue(Reply(body=completion('{"answer": "hi"}')))
+    result = make_client(chat_server).chat(HELLO, response_format=SCHEMA)
+    assert chat_server.requests[0].body["response_format"] == SCHEMA
+    assert result.text == '{"answer": "hi"}' and not result.schema_fallback
+
+
+def test_a_server_refusing_response_format_is_asked_once_more_without_it(chat_server):
+    refusal = Reply(status=400, body={"error": {"message": "Unsupported parameter: 'response_format'"}})
+    chat_server.queue(refusal, Reply(body=completion('{"answer": "hi"}')))
+    result = make_client(chat_server).chat(HELLO, response_format=SCHEMA)
+    first, second = chat_server.requests
+    assert "response_format" in first.body and "response_format" not in second.body
+    assert result.text == '{"answer": "hi"}' and result.schema_fallback and result.attempts == 2
+
+
+def test_other_bad_requests_are_not_retried_without_the_schema(chat_server):
+    chat_server.queue(Reply(status=400, body={"error": {"message": "max_tokens is too large"}}))
+    result = make_client(chat_server).chat(HELLO, response_format=SCHEMA)
+    assert_failed(result, 1, "HTTP 400", "max_tokens")
+    assert len(chat_server.requests) == 1 and not result.schema_fallback
+
+
+def test_chat_many_sends_each_request_its_own_format(chat_server):
+    chat_server.queue(Reply(body=completion("ok")))
+    make_client(chat_server).chat_many([HELLO, HELLO], response_formats=[SCHEMA, None])
+    assert sorted("response_format" in r.body for r in chat_server.requests) == [False, True]

@@ -153,13 +153,15 @@ def test_dependency_strategies_report_layers_and_write_html(tiny_models, tmp_pat
                        "collab_bert": {"html_dir": str(html)}})
     build_cli(predict_args(tiny_models["llama"], tmp_path,
                            "--model.init_args.strategies", "[batch, collab_llm_ideal, collab_bert]",
-                           "--model.init_args.strategy_options", opts))
+                           "--model.init_args.strategy_options", opts,
+                           "--model.init_args.structured_output", "false"))
     summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())
     for name in ("collab_llm_ideal", "collab_bert"):
         fig = summary[name]
         assert fig["layers"] >= 2 and fig["edges_kept"] >= 0 and fig["dependency_tokens"] > 0
         assert fig["questions"] == summary["batch"]["questions"]
-    # A random tiny model cannot write JSON edges: every group fell back to the heuristic.
+    # Unconstrained, a random tiny model cannot write JSON edges: every group fell back to
+    # the heuristic.
     assert summary["collab_llm_ideal"]["dependency_fallbacks"] == 2
     assert 0 < summary["collab_llm_ideal"]["ideal_latency_s"] <= summary["collab_llm_ideal"]["wall_seconds"]
     pages = sorted((html / "collab_bert").glob("*.html"))
