@@ -9,6 +9,11 @@ left-pads the rows' caches to a common length and stacks them into the batch's
 ``DynamicCache`` (so ``G`` rows starting from one prefix hold ``G`` real copies of it, and
 the engine's KV figures count them), and can hand each row's KV back at the end of a call.
 
+The engine's batch cache is a transformers ``DynamicCache`` whose full-attention layers
+are :class:`GrowingLayer`: the stock layer concatenates every step's keys onto the whole
+cache (a copy of all of it, every step), which on long contexts costs more than the step's
+compute; this one writes into a buffer reserved for the call and hands attention a view.
+
 Shapes: ``B`` rows, ``H`` key/value heads, ``n`` cached tokens, ``P`` the longest row cache,
 ``D`` head dimension.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from paralleldecode.decoding.layout import PAD, SHARED
 
@@ -59,6 +65,88 @@ class RowCache:
         return n
 
 
+def new_cache(config, tokens: int = 0):
+    """An empty ``DynamicCache`` for a model whose full-attention layers are
+    :class:`GrowingLayer`, with room reserved for ``tokens`` tokens per row."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    cache.layers = [GrowingLayer(tokens) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+class GrowingLayer(DynamicLayer):
+    """A full-attention cache layer that appends into a buffer reserved ahead (for a whole
+    call: prompt and answers), so a step copies only its own tokens, not the whole cache;
+    ``keys`` and ``values`` are views of the buffer's first ``n`` slots.
+
+    Args:
+        reserve: tokens per row to allocate room for on the first write.
+    """
+
+    def __init__(self, reserve: int = 0) -> None:
+        super().__init__()
+        self.reserve = reserve
+        self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        old = self.keys.shape[-2] if self.keys.numel() else 0
+        new = old + key_states.shape[-2]
+        buf = self.buffers
+        if buf is None or new > buf[0].shape[-2] or buf[0].shape[:2] != key_states.shape[:2] \
+                or self.keys.data_ptr() != buf[0].data_ptr():
+            room = max(new, self.reserve, int(new * 1.25) + 16 if buf is not None else 0)
+            buf = tuple(t.new_empty((*t.shape[:2], room, t.shape[-1])) for t in (key_states, value_states))
+            if old:
+                buf[0][..., :old, :] = self.keys
+                buf[1][..., :old, :] = self.values
+            self.buffers = buf
+        buf[0][..., old:new, :] = key_states
+        buf[1][..., old:new, :] = value_states
+        self.keys, self.values = buf[0][..., :new, :], buf[1][..., :new, :]
+        return self.keys, self.values
+
+    def start(self, like: torch.Tensor, rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Begin an empty layer with ``length`` slots per row to be filled in place (row
+        caches stacked straight into the buffer, with no intermediate copy).
+
+        Args:
+            like: a ``(H, n, D)`` key tensor giving heads, head size, dtype and device.
+
+        Returns:
+            the ``(rows, H, length, D)`` key and value views to fill.
+        """
+        h, _, d = like.shape
+        room = max(length, self.reserve)
+        self.buffers = (like.new_empty((rows, h, room, d)), like.new_empty((rows, h, room, d)))
+        self.lazy_initialization(self.buffers[0], self.buffers[1])
+        self.keys, self.values = self.buffers[0][..., :length, :], self.buffers[1][..., :length, :]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.buffers is None or self.get_seq_length() == 0:
+            return super().batch_select_indices(indices)
+        n = self.keys.shape[-2]
+        self.buffers = tuple(t[indices, ...] for t in self.buffers)
+        self.keys, self.values = self.buffers[0][..., :n, :], self.buffers[1][..., :n, :]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.buffers = None
+        super().batch_repeat_interleave(repeats)
+
+    def reset(self) -> None:
+        self.buffers = None
+        super().reset()
+
+    @property
+    def held_bytes(self) -> int:
+        """Memory the layer holds: its whole buffer, not only the slots in use."""
+        tensors = self.buffers if self.buffers is not None else (self.keys, self.values)
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
 def cache_layers(cache) -> list:
     """The per-layer objects of a transformers cache, refusing layers that drop tokens."""
     layers = list(getattr(cache, "layers", []))
@@ -86,18 +174,22 @@ def stack_row_caches(pasts: list[RowCache | None], cache) -> torch.Tensor:
     for r, p in enumerate(pasts):
         if p is not None and len(p):
             owner[r, longest - len(p):] = SHARED
-    for layer in range(len(sample.keys)):
-        for name in ("keys", "values"):
-            ref = getattr(sample, name)[layer]
-            h, _, d = ref.shape
-            out = ref.new_zeros((b, h, longest, d))
+    for i, layer in enumerate(cache.layers):
+        ref = sample.keys[i]
+        if isinstance(layer, GrowingLayer):
+            outs = layer.start(ref, b, longest)
+        else:
+            outs = (ref.new_empty((b, *ref.shape[:1], longest, ref.shape[-1])),
+                    ref.new_empty((b, *ref.shape[:1], longest, ref.shape[-1])))
+        for out, name in zip(outs, ("keys", "values")):
             for r, p in enumerate(pasts):
-                if p is not None and len(p):
-                    out[r, :, longest - len(p):] = getattr(p, name)[layer]
-            if name == "keys":
-                keys = out
-            else:
-                cache.update(keys, out, layer)
+                n = len(p) if p is not None else 0
+                if n < longest:  # pad slots hold zeros: masked, but never NaN
+                    out[r, :, : longest - n].zero_()
+                if n:
+                    out[r, :, longest - n:] = getattr(p, name)[i]
+        if not isinstance(layer, GrowingLayer):
+            cache.update(outs[0], outs[1], i)
     return owner
 
 
