@@ -438,6 +438,8 @@ class DecodingEngine:
             slots, ``(S, V)`` logits (hidden states with a mixer) at each stream's last
             prompt slot (None when ``logits`` is False), and the forward passes made.
         """
+        if layout.parts is not None and len(layout.parts) > 1:
+            return self._prefill_parts(layout.parts, logits, decode_tokens)
         dev = self.device
         ids, owner = layout.input_ids.to(dev), layout.owner.to(dev)
         positions = layout.position_ids.to(dev)
@@ -480,6 +482,45 @@ class DecodingEngine:
                 picked[i] = out[rows[i], int(torch.searchsorted(keep, last[i] - a))]
         stacked = torch.stack(picked) if logits else None
         return cache, key_owner, key_ids, columns, stacked, passes
+
+    def _prefill_parts(self, parts: list[Layout], logits: bool, decode_tokens: int):
+        """Prefill stacked layouts one by one (each as short as it is, with its own plain
+        prefix), then lay their caches side by side as the rows of one, each left-padded to
+        the longest: the decoding steps then serve all of them at once."""
+        done = [self._prefill(p, logits) for p in parts]
+        length = max(d[1].shape[1] for d in done)
+        rows = sum(d[1].shape[0] for d in done)
+        dev = self.device
+        cache = new_cache(self.model.config, length + decode_tokens)
+
+        def padded(tensors: list[torch.Tensor], fill: int) -> torch.Tensor:
+            return torch.cat([torch.nn.functional.pad(t, (length - t.shape[1], 0), value=fill) for t in tensors])
+
+        # Each part numbered its streams from 0; in the stack they follow the parts before.
+        shifts = torch.tensor([0] + [p.num_streams for p in parts[:-1]]).cumsum(0).tolist()
+        key_owner = padded([torch.where(d[1] >= 0, d[1] + s, d[1]) for d, s in zip(done, shifts)], PAD)
+        key_ids = padded([d[2] for d in done], self.pad_id)
+        columns = padded([d[3] for d in done], 0) if done[0][3] is not None else None
+        for i, layer in enumerate(cache.layers):
+            srcs = [d[0].layers[i] for d in done]
+            like = srcs[0].keys[0]
+            if isinstance(layer, GrowingLayer):
+                outs = layer.start(like, rows, length)
+            else:
+                outs = (like.new_empty((rows, *like.shape[:1], length, like.shape[-1])),
+                        like.new_empty((rows, *like.shape[:1], length, like.shape[-1])))
+            for out, name in zip(outs, ("keys", "values")):
+                r = 0
+                for src in srcs:
+                    part = getattr(src, name)
+                    b, n = part.shape[0], part.shape[-2]
+                    out[r:r + b, :, : length - n].zero_()  # pad slots: masked, never NaN
+                    out[r:r + b, :, length - n:] = part
+                    r += b
+            if not isinstance(layer, GrowingLayer):
+                cache.update(outs[0], outs[1], i)
+        picked = torch.cat([d[4] for d in done]) if logits else None
+        return cache, key_owner, key_ids, columns, picked, sum(d[5] for d in done)
 
     def _chunks(self, layout: Layout, key_owner: torch.Tensor, offset: int) -> list[tuple[int, int, bool]]:
         """``(start, stop, plain)`` slot ranges of the layout's own slots, at most

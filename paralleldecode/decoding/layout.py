@@ -64,6 +64,9 @@ class Layout:
         past: per row, KV already computed for tokens that precede the row's slots (or
             None for a row without): positions then continue after it, and every stream of
             the row sees it. None = no row has any.
+        parts: for a layout stacked from others (:func:`stack_layouts`), those layouts in
+            order; the engine prefills each on its own (no slot spent on padding them to a
+            common length) and decodes them together.
     """
 
     input_ids: torch.Tensor
@@ -76,6 +79,7 @@ class Layout:
     isolate: bool = False
     pending: list[list[int]] | None = None
     past: list[RowCache | None] | None = None
+    parts: list[Layout] | None = None
 
     def __post_init__(self) -> None:
         if self.stream_group is None:
@@ -315,7 +319,8 @@ def stack_layouts(layouts: list[Layout], pad_id: int) -> Layout:
     Each layout's rows are left-padded to the longest row (pad slots are seen by nobody, so
     every stream computes what it would alone); stream ``i`` of layout ``k`` becomes stream
     ``i`` plus the streams of the layouts before it, and mixing groups are renumbered so
-    that streams of different layouts never share one.
+    that streams of different layouts never share one. The result keeps the layouts
+    (``parts``): the engine prefills each alone and decodes all together.
 
     Raises:
         ValueError: the layouts mix columnar and 1D positions, or isolating and full
@@ -349,4 +354,4 @@ def stack_layouts(layouts: list[Layout], pad_id: int) -> Layout:
         streams, rows = streams + lay.num_streams, rows + b
         groups += int(lay.stream_group.max()) + 1 if lay.num_streams else 0
     return Layout(**{k: torch.cat(v) for k, v in parts.items()}, isolate=first.isolate, pending=pending,
-                  past=past if any(p is not None for p in past) else None)
+                  past=past if any(p is not None for p in past) else None, parts=list(layouts))
