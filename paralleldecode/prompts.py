@@ -86,18 +86,23 @@ def _with(reply: ReplyFormat, schema: dict[str, Any]) -> ReplyFormat:
     return ReplyFormat(reply.prefix, reply.close, json.dumps(schema, separators=(",", ":")))
 
 
+def _answer_schema(question: Question | None) -> dict[str, Any]:
+    if question is not None and question.options:
+        return {"enum": list(option_letters(len(question.options)))}
+    return {"type": "string"}
+
+
 def answer_reply(question: Question | None = None) -> ReplyFormat:
     """``{"answer": string}``; for a multiple-choice question the answer is one of its
     option letters."""
-    answer: dict[str, Any] = {"type": "string"}
-    if question is not None and question.options:
-        answer = {"enum": list(option_letters(len(question.options)))}
-    return _with(ONE_ANSWER, _object({"answer": answer}))
+    return _with(ONE_ANSWER, _object({"answer": _answer_schema(question)}))
 
 
-def answers_reply(n: int) -> ReplyFormat:
-    """``{"answers": {"1": string, ..., "n": string}}``: exactly the group's numbers."""
-    return _with(MANY_ANSWERS, _object({"answers": _object({str(i + 1): {"type": "string"} for i in range(n)})}))
+def answers_reply(questions: list[Question]) -> ReplyFormat:
+    """``{"answers": {"1": ..., "N": ...}}``: exactly the group's numbers, each a string, or
+    for a multiple-choice question one of its option letters."""
+    return _with(MANY_ANSWERS, _object({"answers": _object({
+        str(i + 1): _answer_schema(q) for i, q in enumerate(questions)})}))
 
 
 def edges_reply(n: int, max_edges: int) -> ReplyFormat:

@@ -45,7 +45,7 @@ class AllInOne(Strategy):
         clock, n = Timer(), len(group)
         # One reply carries n answers plus the JSON around them.
         budget = ctx.generation.max_new_tokens * n + 8 * n
-        (reply,), res = ctx.generate(group, lambda g: [all_questions(g)], answers_reply(n), budget)
+        (reply,), res = ctx.generate(group, lambda g: [all_questions(g)], answers_reply(group.questions), budget)
         stream, wall = res.streams[0], clock()
         results = [
             self.result(group, q, reply, p, stream.finish_reason,
