@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 import paralleldecode
 from paralleldecode import run_folder
+from paralleldecode.report import write_report
 from paralleldecode.reporting import format_table, write_plot
 
 
@@ -40,6 +41,7 @@ class PredictionWriter(BasePredictionWriter):
         self.folder: Path | None = None
         self.units: dict[run_folder.Key, dict[str, Any]] = {}
         self.run_id = ""
+        self.log_dir: str | None = None
         self.settings: dict[str, Any] = {}
         self._trainer = None
 
@@ -57,7 +59,8 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
         # `trainer.log_dir` and the broadcast are collective under DDP: resolve them here,
         # where every rank is, never per batch (ranks may run different numbers of batches).
-        self.folder = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
+        self.log_dir = trainer.log_dir
+        self.folder = Path(self.output_dir or self.log_dir or trainer.default_root_dir)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.run_id = trainer.strategy.broadcast(uuid.uuid4().hex[:10])
         self._trainer = trainer
@@ -125,9 +128,20 @@ class PredictionWriter(BasePredictionWriter):
                     unit = json.loads(line)
                     units.setdefault(run_folder.unit_key(unit), unit)
             run_folder.write_finished(self.folder, run_folder.ordered(units.values(), list(summary)))
+            groups = getattr(getattr(trainer, "datamodule", None), "groups", None)
+            if groups:
+                run_folder.write_groups(self.folder, groups)
+            self._copy_config(trainer)
             self._report(trainer, summary)
             run_folder.remove_parts(self.folder)
         trainer.strategy.barrier("prediction-writer-done")
+
+    def _copy_config(self, trainer) -> None:  # noqa: ARG002 - rank 0 only: no collectives here
+        """LightningCLI saves the whole config in the log folder; keep a copy beside the
+        outputs when they go elsewhere."""
+        saved = Path(self.log_dir) / "config.yaml" if self.log_dir else None
+        if saved is not None and saved.is_file() and saved.resolve() != (self.folder / "config.yaml").resolve():
+            (self.folder / "config.yaml").write_text(saved.read_text(encoding="utf-8"), encoding="utf-8")
 
     def _report(self, trainer, summary: dict[str, dict[str, Any]]) -> None:
         folder = self.folder
@@ -139,7 +153,14 @@ class PredictionWriter(BasePredictionWriter):
         structured = any(fig.get("structured_output") for fig in summary.values())
         note = ("structured output: on (replies constrained to their JSON schemas)" if structured
                 else "structured output: off (unconstrained replies)")
-        print("\n" + table + f"\n{note}\n\noutputs in {folder}", flush=True)
+        try:
+            page = write_report(folder)
+        except Exception as err:  # noqa: BLE001 - the run's results are written; say what failed
+            print(f"paralleldecode: report.html could not be written: {type(err).__name__}: {err}",
+                  file=sys.stderr, flush=True)
+            page = None
+        where = f"outputs in {folder}" + (f" (open {page.name} to look at the run)" if page else "")
+        print("\n" + table + f"\n{note}\n\n{where}", flush=True)
         logger = trainer.logger
         if logger is not None and hasattr(logger.experiment, "add_scalar"):
             exp = logger.experiment

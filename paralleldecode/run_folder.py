@@ -13,8 +13,11 @@ temporary name and renamed into place, and only then deletes the part files:
 ``predictions.jsonl``    one record per question and strategy (ordered by strategy,
                          then group, then question)
 ``group_costs.jsonl``    one line per strategy and group: cost and strategy figures
+``groups.jsonl``         the groups asked: context, questions (for the report)
 ``run.json``             the command, the settings that decide the answers, the
                          package version, when it started and was resumed
+``config.yaml``          LightningCLI's record of the whole config
+``report.html``          the run as a page (:mod:`paralleldecode.report`)
 =======================  ==========================================================
 
 A resumed run (``resume: true``) reads every unit the folder holds, from part files of any
@@ -38,6 +41,7 @@ from paralleldecode.errors import OptionError
 
 PREDICTIONS = "predictions.jsonl"
 GROUP_COSTS = "group_costs.jsonl"
+GROUPS = "groups.jsonl"
 SETTINGS = "run.json"
 PART_GLOB = "predictions.rank*.jsonl"
 
@@ -142,6 +146,17 @@ def _write_lines(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def write_groups(folder: Path, groups) -> None:
+    """``groups.jsonl``: each group of the data module's list (in its order) with its
+    context and questions, so the report can show them."""
+    _write_lines(folder / GROUPS, (
+        {"index": i, "id": g.id, "dataset": g.dataset, "background": g.background,
+         "title": g.metadata.get("title", ""),
+         "questions": [{"id": q.id, "text": q.text, "context": q.context, "options": q.options}
+                       for q in g.questions]}
+        for i, g in enumerate(groups)))
+
+
 def remove_parts(folder: Path) -> None:
     for part in folder.glob(PART_GLOB):
         part.unlink(missing_ok=True)
@@ -204,7 +219,7 @@ def unit_of(strategy: str, group, group_index: int, run) -> dict[str, Any]:
     """One finished unit (a :class:`~paralleldecode.strategies.GroupRun` on a group)."""
     return {
         "strategy": strategy, "group_id": group.id, "group_index": group_index,
-        "cost": dataclasses.asdict(run.cost), "extras": dict(run.extras),
+        "cost": dataclasses.asdict(run.cost), "extras": dict(run.extras), "details": dict(run.details),
         "records": [{**r.to_dict(), "group_index": group_index} for r in run.results],
     }
 
@@ -216,4 +231,4 @@ def run_of(unit: dict[str, Any]):
 
     names = {f.name for f in dataclasses.fields(QuestionResult)}
     results = [QuestionResult(**{k: v for k, v in rec.items() if k in names}) for rec in unit["records"]]
-    return GroupRun(results, Cost(**unit["cost"]), dict(unit["extras"]))
+    return GroupRun(results, Cost(**unit["cost"]), dict(unit["extras"]), dict(unit.get("details") or {}))

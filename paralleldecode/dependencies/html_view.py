@@ -24,6 +24,17 @@ _MARGIN = 20
 _LABEL_CHARS = 28  # question text shown in a node; the full text is in its tooltip
 _RESULT_LABEL = {"correct": "correct", "incorrect": "incorrect", "unscored": "not scored"}
 
+DAG_CSS = """
+svg { border: 1px solid #ddd; background: #fcfcfc; max-width: 100%; height: auto; }
+svg .node rect { stroke: #555; stroke-width: 1; }
+svg .node.correct rect { fill: #dafbe1; }
+svg .node.incorrect rect { fill: #ffebe9; }
+svg .node.unscored rect { fill: #eef1f4; }
+svg .node text { font-size: 12px; }
+svg .node .qid { font-weight: bold; }
+svg .edge path { fill: none; stroke: #888; stroke-width: 1.5; }
+svg .edge text { font-size: 11px; fill: #444; }
+"""
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em; color: #222; }
 h1 { font-size: 1.4em; margin-bottom: 0.2em; }
@@ -35,18 +46,9 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.correct td.result { color: #1a7f37; font-weight: bold; }
 tr.incorrect td.result { color: #cf222e; font-weight: bold; }
 tr.unscored td.result { color: #666; }
-svg { border: 1px solid #ddd; background: #fcfcfc; max-width: 100%; height: auto; }
-svg .node rect { stroke: #555; stroke-width: 1; }
-svg .node.correct rect { fill: #dafbe1; }
-svg .node.incorrect rect { fill: #ffebe9; }
-svg .node.unscored rect { fill: #eef1f4; }
-svg .node text { font-size: 12px; }
-svg .node .qid { font-weight: bold; }
-svg .edge path { fill: none; stroke: #888; stroke-width: 1.5; }
-svg .edge text { font-size: 11px; fill: #444; }
 details { margin: 1em 0; }
 pre { white-space: pre-wrap; background: #f6f8fa; padding: 0.8em; }
-"""
+""" + DAG_CSS
 
 
 def _esc(value: Any) -> str:
@@ -154,6 +156,16 @@ def _svg(
         'fill="#888"/></marker></defs>',
     ]
     return "\n".join(head + parts + ["</svg>"])
+
+
+def dag_svg(group: QuestionGroup, edges: Sequence[Edge], status_of: Mapping[int, str] | None = None) -> str:
+    """The group's dependency DAG as an inline SVG (the same drawing as the group pages):
+    one row per layer, arrows parent -> child, nodes coloured by ``status_of[i]``
+    (``correct``, ``incorrect`` or ``unscored``; default unscored)."""
+    edges = list(edges)
+    plan = plan_layers(len(group.questions), edges)
+    status = {i: (status_of or {}).get(i, "unscored") for i in range(len(group.questions))}
+    return _svg(group, edges, plan, status)
 
 
 def render_group_html(

@@ -146,12 +146,15 @@ class QuestionResult:
 
 @dataclass
 class GroupRun:
-    """A strategy's output for one group: per-question results, the group's cost, and
-    strategy-specific figures for the summary (``extras``)."""
+    """A strategy's output for one group: per-question results, the group's cost,
+    strategy-specific figures for the summary (``extras``, summed over groups) and what
+    else the run's report shows for the group (``details``: e.g. the dependency edges the
+    plan used, as ``[source, target, confidence, reason]`` lists)."""
 
     results: list[QuestionResult]
     cost: Cost
     extras: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

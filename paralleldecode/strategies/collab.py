@@ -94,7 +94,8 @@ class _Collab(Strategy):
             extras["ideal_latency_s"] = dep_seconds + ideal_latency(plan, own_seconds)
         if self.html_dir:
             self._write_html(group, edges, results, cost, extras)
-        return GroupRun(results, cost, extras)
+        details = {"edges": [[e.source, e.target, e.confidence, e.reason] for e in edges]}
+        return GroupRun(results, cost, extras, details)
 
     def _write_html(self, group, edges, results, cost, extras) -> None:
         # The page lays the questions out by the layers of `edges`, the plan that ran.
