@@ -214,7 +214,8 @@ def frontier_svg(summary: Mapping[str, Mapping[str, Any]], quality: str, cost: s
            f'<line class="axis" x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}"/>',
            f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}"/>']
     for v in (q0, (q0 + q1) / 2, q1):
-        out.append(f'<text class="tick" x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.0f}</text>')
+        tick = f"{v:.0f}" if q1 >= 10 else f"{v:.1f}"
+        out.append(f'<text class="tick" x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{tick}</text>')
     for v in (c0, (c0 + c1) / 2, c1):
         out.append(f'<text class="tick" x="{x(v):.1f}" y="{h - bottom + 16}" text-anchor="middle">'
                    f'{_compact(v)}</text>')
@@ -226,14 +227,29 @@ def frontier_svg(summary: Mapping[str, Mapping[str, Any]], quality: str, cost: s
     if len(front) > 1:
         path = " ".join(f"{x(c):.1f},{y(q):.1f}" for _, c, q in front)
         out.append(f'<polyline class="pareto-line" points="{path}"/>')
-    for name, c, q in points:
+    labels = _label_places([(x(c) + 8, y(q) + 4, name) for name, c, q in points])
+    for (name, c, q), (lx, ly) in zip(points, labels):
         cls = "point pareto" if name in best else "point"
         out.append(f'<g class="{cls}" data-strategy="{_e(name)}"><title>{_e(name)}: {_e(label[0])} {q:.1f}, '
                    f'{_e(label[1])} {_compact(c)}{" (Pareto-optimal)" if name in best else ""}</title>'
                    f'<circle cx="{x(c):.1f}" cy="{y(q):.1f}" r="{6 if name in best else 4}"/>'
-                   f'<text x="{x(c) + 8:.1f}" y="{y(q) + 4:.1f}">{_e(name)}</text></g>')
+                   f'<text x="{lx:.1f}" y="{ly:.1f}">{_e(name)}</text></g>')
     out.append("</svg>")
     return "".join(out)
+
+
+def _label_places(wanted: list[tuple[float, float, str]], char: float = 6.2, line: float = 12.0):
+    """Where each point's label goes: beside its point, moved up a line at a time while
+    it would overlap a label already placed (close points otherwise print on each other)."""
+    placed: list[tuple[float, float, float]] = []  # x0, x1, baseline
+    out = []
+    for lx, ly, name in wanted:
+        width = char * len(name)
+        while any(lx < b1 and a0 < lx + width and abs(ly - base) < line for a0, b1, base in placed):
+            ly -= line
+        placed.append((lx, lx + width, ly))
+        out.append((lx, ly))
+    return out
 
 
 def _compact(v: float) -> str:
@@ -291,7 +307,10 @@ SCRIPT = r"""
         table.querySelectorAll("th").forEach(function (h) { h.classList.remove("sorted-asc", "sorted-desc"); });
         th.classList.add(desc ? "sorted-desc" : "sorted-asc");
         rows.sort(function (a, b) {
-          var x = a.cells[col].dataset.value, y = b.cells[col].dataset.value;
+          // A skipped strategy's row has one wide cell: it stays below the others.
+          var ca = a.cells.length > col ? a.cells[col] : null, cb = b.cells.length > col ? b.cells[col] : null;
+          if (!ca || !cb) return (ca ? 0 : 1) - (cb ? 0 : 1);
+          var x = ca.dataset.value, y = cb.dataset.value;
           var nx = parseFloat(x), ny = parseFloat(y);
           var c = (isNaN(nx) || isNaN(ny)) ? String(x).localeCompare(String(y)) : nx - ny;
           return desc ? -c : c;
@@ -456,7 +475,9 @@ def _answer_row(label: str, rec: Mapping[str, Any] | None, strategy: str) -> str
                 '<td class="text">(not answered)</td><td></td></tr>')
     st = status(rec)
     text = rec.get("error") if st == "failed" else rec.get("answer")
-    note = "" if st != "malformed" else " (malformed reply)"
+    note = ""
+    if st == "malformed":
+        note = " (cut by max_new_tokens)" if rec.get("finish_reason") == "length" else " (malformed reply)"
     return (f'<tr class="answer {st}" data-strategy="{_e(strategy)}" data-status="{st}" '
             f'data-correct="{correctness(rec)}"><td class="label">{_e(label)}</td>'
             f'<td class="text" title="{_e(rec.get("raw"))}">{_e(text)}{_e(note)}</td>'

@@ -233,3 +233,68 @@ def test_a_folder_without_a_finished_run_is_refused(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert str(tmp_path) in proc.stderr and "resume" in proc.stderr and "Traceback" not in proc.stderr
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
+
+# Run in the page after its own script: sort the summary by a column (a skipped strategy's
+# row has one wide cell), filter by group and by "some answer not right", and write what the
+# page shows into a <pre> that --dump-dom prints.
+PROBE = """<script>
+(function () {
+  var errors = [], out = {};
+  window.addEventListener("error", function (e) { errors.push(String(e.message)); });
+  function count() { return document.getElementById("count").textContent; }
+  function change(id) { document.getElementById(id).dispatchEvent(new Event("change")); }
+  try {
+    var view = document.getElementById("view");
+    out.initial = count();
+    out.shown = view.querySelectorAll(".question").length;
+    out.heads = view.querySelectorAll(".group-head").length;
+    document.querySelectorAll("#summary-table th")[2].click();
+    out.sorted = Array.prototype.map.call(document.querySelectorAll("#summary-table tbody tr"),
+                                          function (r) { return r.dataset.strategy; });
+    var group = document.getElementById("f-group");
+    group.value = group.options[2].value; change("f-group");
+    out.group = group.value; out.group_count = count();
+    out.group_shown = Array.prototype.map.call(view.querySelectorAll(".question"),
+                                               function (q) { return q.dataset.questionId; });
+    group.value = ""; change("f-group");
+    document.getElementById("f-wrong").checked = true; change("f-wrong");
+    out.wrong_count = count();
+  } catch (e) { errors.push(String(e)); }
+  out.errors = errors;
+  var pre = document.createElement("pre"); pre.id = "browser-test";
+  pre.textContent = JSON.stringify(out); document.body.appendChild(pre);
+})();
+</script>"""
+
+
+def test_the_page_works_in_a_real_browser(runs, tmp_path):
+    """Headless Chromium runs the page's own script: first page rendered, sorting with a
+    skipped strategy, the group and wrong-answer filters, no script error."""
+    import shutil
+
+    browser = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip(f"no headless browser on PATH (looked for {', '.join(BROWSERS)})")
+    out, _, _ = runs
+    page = tmp_path / "probe.html"
+    page.write_text((out / "report.html").read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"),
+                    encoding="utf-8")
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    (pre,) = [p for p in Tree(proc.stdout).root.find_all("pre") if p.attrs.get("id") == "browser-test"]
+    seen = json.loads(pre.all_text())
+    assert seen["errors"] == []
+    tree = Tree((out / "report.html").read_text(encoding="utf-8")).root
+    templates = tree.find_all("template", "q")
+    n = len(templates)
+    assert seen["initial"] == f"{n} of {n} questions · page 1 of 1"
+    assert seen["shown"] == n and seen["heads"] == 4
+    assert seen["sorted"][-1] == "finetuned"  # the skipped row stays last
+    in_group = [t.attrs["data-question-id"] for t in templates if t.attrs["data-group"] == seen["group"]]
+    assert seen["group_shown"] == in_group and seen["group_count"].startswith(f"{len(in_group)} of {n} ")
+    wrong = sum(1 for t in templates if t.attrs["data-wrong"])
+    assert seen["wrong_count"].startswith(f"{wrong} of {n} ")
