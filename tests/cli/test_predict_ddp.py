@@ -49,3 +49,17 @@ def test_ddp_gives_the_same_answers_once_each(tiny_models, tmp_path):
         # Summaries are synced across ranks: counts and quality match the single run.
         for fig in ("questions", "generated_tokens", "forward_passes", "em", "f1"):
             assert ddp_sum[name][fig] == pytest.approx(single_sum[name][fig]), (name, fig)
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_ranks_pack_their_own_groups(tiny_models, tmp_path):
+    model = tiny_models["llama"]
+    single, _ = _predict(model, tmp_path / "one")
+    packed, packed_sum = _predict(model, tmp_path / "ddp-packed", "--trainer.accelerator", "cpu",
+                                  "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                                  "--model.init_args.pack_groups", "true", "--data.init_args.batch_size", "2")
+    key = lambda r: (r["strategy"], r["group_id"], r["question_id"])  # noqa: E731
+    assert [key(r) for r in packed] == [key(r) for r in single]
+    assert {key(r): r["raw"] for r in packed} == {key(r): r["raw"] for r in single}
+    assert packed_sum["batch"]["questions"] == len([r for r in single if r["strategy"] == "batch"])
