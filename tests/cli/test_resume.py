@@ -12,9 +12,9 @@ import pytest
 from paralleldecode.cli import build_cli
 from paralleldecode.errors import UserError
 from paralleldecode.run_folder import ResumeError
+from run_outputs import TIMING, records, same_figures, summary
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMING = {"latency_s"}
 STRATEGIES = "[sequential, batch, one_sequence]"
 
 
@@ -30,23 +30,6 @@ def args(model: Path, out: Path, *extra: str) -> list[str]:
         "--trainer.enable_progress_bar", "false",
         *extra,
     ]
-
-
-def records(out: Path, leave_out=TIMING) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in leave_out}
-            for line in (out / "predictions.jsonl").open()]
-
-
-def summary(out: Path) -> dict:
-    return json.loads((out / "summary.json").read_text())
-
-
-def same_figures(a: dict, b: dict) -> None:
-    assert list(a) == list(b)
-    for name in a:
-        for key in ("questions", "em", "f1", "format_rate", "prompt_tokens", "generated_tokens",
-                    "forward_passes", "failed_questions"):
-            assert a[name][key] == pytest.approx(b[name][key]), (name, key)
 
 
 @pytest.fixture(scope="module")

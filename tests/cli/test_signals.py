@@ -3,7 +3,6 @@ DDP run) and resumed: the resumed outputs equal an uninterrupted run's."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from run_outputs import assert_same_run, records
 
 ROOT = Path(__file__).resolve().parents[2]
 STRATEGIES = ["sequential", "batch"]
@@ -50,20 +50,6 @@ def start_and_wait(cmd: list[str], out: Path, units: int, **popen) -> subprocess
         assert time.monotonic() < deadline
         time.sleep(0.05)
     return proc
-
-
-def records(out: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "latency_s"}
-            for line in (out / "predictions.jsonl").open()]
-
-
-def assert_same_run(out: Path, reference: Path) -> None:
-    assert records(out) == records(reference)
-    a, b = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
-    for name in STRATEGIES:
-        for key in ("questions", "em", "f1", "lenient", "format_rate", "prompt_tokens",
-                    "generated_tokens", "forward_passes"):
-            assert a[name][key] == pytest.approx(b[name][key]), (name, key)
 
 
 @pytest.fixture(scope="module")
