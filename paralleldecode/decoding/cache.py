@@ -156,6 +156,39 @@ def cache_layers(cache) -> list:
     return layers
 
 
+def fill_left_padded(cache, length: int, blocks) -> None:
+    """Fill the empty transformers ``cache`` with rows of ``length`` slots, each block of
+    rows left-padded (pad slots hold zeros: masked, but never NaN).
+
+    Args:
+        length: slots per row.
+        blocks: ``blocks(i)`` gives layer ``i``'s rows in order, as ``(b, keys, values)``
+            blocks of ``(b, H, n, D)`` tensors with ``n <= length`` (None, None for ``b``
+            rows that hold nothing).
+    """
+    for i, layer in enumerate(cache.layers):
+        parts = blocks(i)
+        like = next(k for _, k, _ in parts if k is not None)[0]
+        rows = sum(b for b, _, _ in parts)
+        if isinstance(layer, GrowingLayer):
+            outs = layer.start(like, rows, length)
+        else:
+            outs = (like.new_empty((rows, like.shape[0], length, like.shape[-1])),
+                    like.new_empty((rows, like.shape[0], length, like.shape[-1])))
+        for j, out in enumerate(outs):
+            r = 0
+            for b, *kv in parts:
+                src = kv[j]
+                n = src.shape[-2] if src is not None else 0
+                if n < length:
+                    out[r:r + b, :, : length - n].zero_()
+                if n:
+                    out[r:r + b, :, length - n:] = src
+                r += b
+        if not isinstance(layer, GrowingLayer):
+            cache.update(outs[0], outs[1], i)
+
+
 def stack_row_caches(pasts: list[RowCache | None], cache) -> torch.Tensor:
     """Fill the empty transformers ``cache`` with the rows' caches, left-padded to ``P``.
 
@@ -174,22 +207,8 @@ def stack_row_caches(pasts: list[RowCache | None], cache) -> torch.Tensor:
     for r, p in enumerate(pasts):
         if p is not None and len(p):
             owner[r, longest - len(p):] = SHARED
-    for i, layer in enumerate(cache.layers):
-        ref = sample.keys[i]
-        if isinstance(layer, GrowingLayer):
-            outs = layer.start(ref, b, longest)
-        else:
-            outs = (ref.new_empty((b, *ref.shape[:1], longest, ref.shape[-1])),
-                    ref.new_empty((b, *ref.shape[:1], longest, ref.shape[-1])))
-        for out, name in zip(outs, ("keys", "values")):
-            for r, p in enumerate(pasts):
-                n = len(p) if p is not None else 0
-                if n < longest:  # pad slots hold zeros: masked, but never NaN
-                    out[r, :, : longest - n].zero_()
-                if n:
-                    out[r, :, longest - n:] = getattr(p, name)[i]
-        if not isinstance(layer, GrowingLayer):
-            cache.update(outs[0], outs[1], i)
+    fill_left_padded(cache, longest, lambda i: [
+        (1, p.keys[i][None], p.values[i][None]) if p is not None and len(p) else (1, None, None) for p in pasts])
     return owner
 
 

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from paralleldecode.decoding.cache import GrowingLayer, RowCache, new_cache, row_cache, stack_row_caches
+from paralleldecode.decoding.cache import (GrowingLayer, RowCache, fill_left_padded, new_cache, row_cache,
+                                           stack_row_caches)
 from paralleldecode.decoding.layout import PAD, SHARED, Layout, additive, layout_mask, prefill_mask
 from paralleldecode.models.crossbatch_lm import states_to_mix
 from paralleldecode.models.loading import cache_keyword
@@ -489,8 +490,6 @@ class DecodingEngine:
         the longest: the decoding steps then serve all of them at once."""
         done = [self._prefill(p, logits) for p in parts]
         length = max(d[1].shape[1] for d in done)
-        rows = sum(d[1].shape[0] for d in done)
-        dev = self.device
         cache = new_cache(self.model.config, length + decode_tokens)
 
         def padded(tensors: list[torch.Tensor], fill: int) -> torch.Tensor:
@@ -501,24 +500,8 @@ class DecodingEngine:
         key_owner = padded([torch.where(d[1] >= 0, d[1] + s, d[1]) for d, s in zip(done, shifts)], PAD)
         key_ids = padded([d[2] for d in done], self.pad_id)
         columns = padded([d[3] for d in done], 0) if done[0][3] is not None else None
-        for i, layer in enumerate(cache.layers):
-            srcs = [d[0].layers[i] for d in done]
-            like = srcs[0].keys[0]
-            if isinstance(layer, GrowingLayer):
-                outs = layer.start(like, rows, length)
-            else:
-                outs = (like.new_empty((rows, *like.shape[:1], length, like.shape[-1])),
-                        like.new_empty((rows, *like.shape[:1], length, like.shape[-1])))
-            for out, name in zip(outs, ("keys", "values")):
-                r = 0
-                for src in srcs:
-                    part = getattr(src, name)
-                    b, n = part.shape[0], part.shape[-2]
-                    out[r:r + b, :, : length - n].zero_()  # pad slots: masked, never NaN
-                    out[r:r + b, :, length - n:] = part
-                    r += b
-            if not isinstance(layer, GrowingLayer):
-                cache.update(outs[0], outs[1], i)
+        fill_left_padded(cache, length, lambda i: [
+            (d[1].shape[0], d[0].layers[i].keys, d[0].layers[i].values) for d in done])
         picked = torch.cat([d[4] for d in done]) if logits else None
         return cache, key_owner, key_ids, columns, picked, sum(d[5] for d in done)
 
