@@ -14,6 +14,9 @@ import pytest
 from paralleldecode.cli import build_cli
 from paralleldecode.report import ReportError, load_run, pareto, render_comparison, status
 
+# Real LightningCLI runs of tiny models: seconds each, left out of the fast suite.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

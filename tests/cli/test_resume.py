@@ -14,6 +14,9 @@ from paralleldecode.errors import UserError
 from paralleldecode.run_folder import ResumeError
 from run_outputs import TIMING, records, same_figures, summary
 
+# Real LightningCLI runs of tiny models: seconds each, left out of the fast suite.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 STRATEGIES = "[sequential, batch, one_sequence]"
 
