@@ -4,6 +4,11 @@ Each batch is a plain list of :class:`~paralleldecode.data.records.QuestionGroup
 Lightning wraps the sequential sampler for predict in an *unrepeated* distributed sampler,
 so every rank gets a disjoint share and no group is padded in twice; the prediction writer
 then merges the ranks' files once.
+
+The training loader is a stateful one (torchdata's ``StatefulDataLoader``, each epoch's
+shuffle a function of ``seed`` and the epoch): Lightning saves its position in every
+checkpoint, so a run resumed mid-epoch reads the batches the uninterrupted run would have
+read next, and the epochs after it in the same order.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from paralleldecode.data.records import DataError, QuestionGroup
 from paralleldecode.data.registry import check_options, dataset_names, load_groups
@@ -74,11 +81,36 @@ class QAGroupsDataModule(L.LightningDataModule):
         )
 
     # The list of groups is the map-style dataset; `collate_fn=list` keeps a batch a plain list.
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded per epoch by Lightning's sampler seeding) batches of groups."""
-        return DataLoader(self.groups, batch_size=self.hparams.batch_size, shuffle=True,
-                          collate_fn=list)
+    def train_dataloader(self) -> StatefulDataLoader:
+        """Shuffled batches of groups, in an order set by ``seed`` (each epoch a new one),
+        from a loader whose position a checkpoint keeps."""
+        return stateful_loader(self.groups, self.hparams.batch_size, self.hparams.seed, self.trainer)
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(self.groups, batch_size=self.hparams.batch_size, shuffle=False,
                           collate_fn=list)
+
+
+class ResumableShuffle(StatefulDistributedSampler):
+    """This rank's share of a random order that depends on ``seed`` and the epoch alone
+    (Lightning calls ``set_epoch`` as each epoch starts), with the epoch and the position
+    in it as its state: a restored loader shuffles the epoch it stopped in, and every later
+    one, as the uninterrupted run did. Being a ``DistributedSampler``, Lightning keeps it
+    under DDP instead of swapping in its own (which would forget the epoch on restore)."""
+
+    def state_dict(self) -> dict[str, int]:
+        return {**super().state_dict(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        super().load_state_dict(state)
+        self.set_epoch(state["epoch"])
+
+
+def stateful_loader(items: list, batch_size: int, seed: int, trainer=None) -> StatefulDataLoader:
+    """Shuffled batches (plain lists) of ``items`` from a loader with ``state_dict`` /
+    ``load_state_dict``, so a restored loader goes on with the batch after the last one read;
+    under ``trainer``'s DDP each rank reads its own share."""
+    replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    sampler = ResumableShuffle(items, num_replicas=replicas, rank=rank, shuffle=True, seed=seed)
+    # `collate_fn=list` keeps a batch a plain list of records.
+    return StatefulDataLoader(items, batch_size=batch_size, sampler=sampler, collate_fn=list)

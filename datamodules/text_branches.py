@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
+from datamodules.qa_groups import stateful_loader
 from paralleldecode.data.records import DataError
 
 TEXT_SUFFIXES = (".txt", ".tokens", ".md", ".text", ".raw")
@@ -267,13 +268,12 @@ class TextBranchesDataModule(L.LightningDataModule):
             samples = samples[:h.max_samples]
         self.samples = samples
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled batches (Lightning seeds the sampler; under DDP each rank gets a share)."""
+    def train_dataloader(self) -> StatefulDataLoader:
+        """Shuffled batches (order set by ``seed``; under DDP each rank gets a share) from a
+        loader whose position a checkpoint keeps (see :func:`~datamodules.qa_groups.stateful_loader`)."""
         if self.samples is None:
             self.setup("fit")
-        # The list is the map-style dataset; `collate_fn=list` keeps a batch a plain list.
-        return DataLoader(self.samples, batch_size=self.hparams.batch_size, shuffle=True,
-                          collate_fn=list)
+        return stateful_loader(self.samples, self.hparams.batch_size, self.hparams.seed, self.trainer)
 
 
 def _blocks(text: str, chars: int = 100_000) -> Iterator[str]:

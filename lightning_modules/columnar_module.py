@@ -113,6 +113,9 @@ class ColumnarModule(TrainedWeightsModule):
             reported, never silent.
         use_chat_template: ``auto``, ``always`` or ``never`` (as for predict).
         checkpoint_dir: root of the trained checkpoints.
+        checkpoint_every_n_steps: optimizer steps between two resumable checkpoints
+            (``{default_root_dir}/checkpoints/last.ckpt``, also written at the end and on
+            SIGTERM); null turns them off.
         force: overwrite an existing trained checkpoint.
     """
 
@@ -138,6 +141,7 @@ class ColumnarModule(TrainedWeightsModule):
         max_length: int = 1024,
         use_chat_template: str = "auto",
         checkpoint_dir: str = "checkpoints",
+        checkpoint_every_n_steps: int | None = 50,
         force: bool = False,
     ) -> None:
         super().__init__()
@@ -332,6 +336,8 @@ class ColumnarModule(TrainedWeightsModule):
         """The columnar tensors of a data-loader batch, on this module's device (None when
         no sample of the batch is usable)."""
         samples = self.samples(batch)
+        self.batch_samples = len(samples)
+        self.batch_tokens = sum(len(bg) + sum(len(b) for b in branches) for bg, branches, _ in samples)
         if not samples:
             return None
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -69,6 +69,9 @@ class CrossBatchModule(TrainedWeightsModule):
         attn_implementation: ``sdpa`` or ``eager``; None keeps the model's default.
         use_chat_template: ``auto``, ``always`` or ``never`` (as for predict).
         checkpoint_dir: root of the trained checkpoints.
+        checkpoint_every_n_steps: optimizer steps between two resumable checkpoints
+            (``{default_root_dir}/checkpoints/last.ckpt``, also written at the end and on
+            SIGTERM); null turns them off.
         checkpoint_dataset: data-set part of the checkpoint path; None takes the data
             module's ``dataset``.
         force: overwrite an existing trained checkpoint.
@@ -94,6 +97,7 @@ class CrossBatchModule(TrainedWeightsModule):
         attn_implementation: str | None = None,
         use_chat_template: str = "auto",
         checkpoint_dir: str = "checkpoints",
+        checkpoint_every_n_steps: int | None = 50,
         checkpoint_dataset: str | None = None,
         force: bool = False,
     ) -> None:
@@ -187,6 +191,8 @@ class CrossBatchModule(TrainedWeightsModule):
         for i, r in enumerate(rows):
             ids[i, :len(r)] = torch.tensor(r)
             mask[i, :len(r)] = 1
+        self.batch_samples = len(rows)
+        self.batch_tokens = sum(len(r) for r in rows)
         steps = torch.tensor(step_groups)
         group_ids = steps[:, 0] * len(groups) + steps[:, 1]
         dev = self.device

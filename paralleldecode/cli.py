@@ -22,6 +22,7 @@ import re
 import sys
 
 EXIT_USAGE = 2
+SIGTERM_STATUS = 128 + 15  # the status of a process ended by SIGTERM
 
 
 def main() -> None:
@@ -33,6 +34,12 @@ def main() -> None:
 
         check_command_line(args)
         build_cli(None, exit_on_error=False)  # None: LightningCLI reads sys.argv itself
+    except SystemExit as stop:
+        # Lightning stops a fit on SIGTERM with a SystemExit of status 0 (and a checkpoint of
+        # ours); a scheduler must see that the job did not finish.
+        if type(stop).__name__ == "SIGTERMException" and not stop.code:
+            sys.exit(SIGTERM_STATUS)
+        raise
     except Exception as err:  # noqa: BLE001 - every way out gets one readable line
         message = user_message(err)
         if message is None or debug:
@@ -52,7 +59,17 @@ def build_cli(args: list[str] | None = None, run: bool = True, exit_on_error: bo
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
-    return LightningCLI(
+    class CLI(LightningCLI):
+        def before_fit(self) -> None:
+            # `--ckpt_path last` is resolved before a module's own callbacks are attached,
+            # so Lightning would not find the module's resumable checkpoint: name it here.
+            config = self.config_init[self.subcommand]
+            if config.get("ckpt_path") == "last" and hasattr(self.model, "last_checkpoint"):
+                found = self.model.last_checkpoint(self.trainer)
+                if found is not None:
+                    config["ckpt_path"] = str(found)
+
+    return CLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
