@@ -18,6 +18,17 @@ row reports wall time per group, where it went (prefill vs decoding), peak memor
 the process held before the run (RSS on CPU, ``max_memory_allocated`` on CUDA) next to the
 KV cache it held, and its ratio to ``sequential``, ``batch`` and ``batch_cached``.
 
+The peer users really run is a row too: ``vllm`` is vLLM with automatic prefix caching
+serving ``batch``'s exact token-id prompts (greedy, the same budget and stop string), and
+``vllm_sequential`` serves ``sequential``'s turns, one conversation whose earlier turns its
+prefix cache keeps. Both are the package's own strategies run on a
+:class:`~paralleldecode.backends.vllm_server.VLLMEngine` (a vLLM server on 127.0.0.1 started
+from ``.venv-vllm``, ``make vllm``; ``--vllm-python`` for another), so their prompts cannot
+differ; their replies are compared with ``batch``'s and ``sequential``'s, every table has a
+``vs vllm`` ratio, and the server's start-up (compile included) is reported apart, never in
+per-group time. Without ``.venv-vllm`` the rows are skipped with one line saying how to get
+it.
+
 A *ceiling* is measured on paragraph workloads: the plain model decoding G identical rows
 with no strategy logic, against the engine decoding exactly that workload; their ratio is the
 engine's per-step overhead.
@@ -32,6 +43,9 @@ the modes alternate chunk by chunk over the same groups.
         --article-sizes 10,20 --article-groups 2 --repeats 1
     python benchmarks/strategy_speed.py --data ../shared/data/squad/dev-v1.1.json --sizes '' \\
         --article-sizes '' --throughput 40 --pack 4,8
+    # against vLLM (after `make vllm`), paragraphs and articles:
+    python benchmarks/strategy_speed.py --data ../shared/data/squad/dev-v1.1.json --sizes 5 \
+        --article-sizes 10 --strategies sequential,sequential_cached,batch,batch_cached,one_sequence,vllm,vllm_sequential
     # the columnar branch decoder against one_sequence on one workload:
     python benchmarks/strategy_speed.py --sizes 5 --strategies batch,one_sequence,columnar \\
         --strategy-options '{"columnar": {"isolate": true}}'
@@ -42,6 +56,7 @@ Prints a table per workload and writes JSON (``--out``).
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
 import os
@@ -63,8 +78,43 @@ from paralleldecode.strategies import Cost, GroupRun, RunContext, get_strategy
 from paralleldecode.strategies.base import Timer
 from paralleldecode.strategies.packing import Packer
 
-BASES = ("sequential", "batch", "batch_cached")
-PEERS = {"sequential_cached": "sequential", "sequential": None, "all_in_one": None}
+BASES = ("sequential", "batch", "batch_cached", "vllm")
+PEERS = {"sequential_cached": "sequential", "sequential": None, "all_in_one": None, "vllm_sequential": "sequential"}
+# The peer rows: the package's strategy whose prompts vLLM serves.
+VLLM_ROWS = {"vllm": "batch", "vllm_sequential": "sequential"}
+
+
+class PeerRow:
+    """A package strategy run on vLLM: the same prompts, another engine. Its memory is the
+    server's, not this process's, so the row reports none."""
+
+    external = True
+
+    def __init__(self, name: str, strategy, ctx: RunContext) -> None:
+        self.name, self.strategy, self.ctx = name, strategy, ctx
+
+    def run(self, group: QuestionGroup, _ctx: RunContext) -> GroupRun:
+        return self.strategy.run(group, self.ctx)
+
+
+def start_vllm(names: list[str], args, model, tok, ctx: RunContext):
+    """The vLLM server and a run context on it, or (None, None) after saying why not."""
+    from paralleldecode.backends.vllm_server import VLLMEngine, VLLMServer, VLLMUnavailable, vllm_version
+
+    if not any(n in VLLM_ROWS for n in names):
+        return None, None
+    try:
+        version = vllm_version(args.vllm_python)
+        dtype = str(model.dtype).removeprefix("torch.")
+        server = VLLMServer(args.model, python=args.vllm_python, dtype=dtype, kv_cache_gib=args.vllm_kv_gib).start()
+    except VLLMUnavailable as err:
+        print(f"vllm rows skipped: {err}")
+        return None, None
+    atexit.register(server.stop)
+    print(f"vLLM {version} server ready in {server.startup_seconds:.1f} s (start-up and compile, not counted in "
+          f"any row; log {server.log_file})")
+    engine = VLLMEngine(server, tok, ctx.engine.max_positions)
+    return server, dataclasses.replace(ctx, engine=engine)
 
 
 def groups_of_size(groups: list[QuestionGroup], g: int, count: int, seed: int) -> list[QuestionGroup]:
@@ -237,7 +287,7 @@ def measure(groups: list[QuestionGroup], strategies, ctx: RunContext, repeats: i
                 with PeakMemory(ctx.engine.device) as mem:
                     run = strat.run(grp, ctx)
                 rows[strat.name].append(run.cost)
-                peaks[strat.name].append(mem.peak)
+                peaks[strat.name].append(None if getattr(strat, "external", False) else mem.peak)
                 if rep == 0:
                     answers[strat.name].extend(r.raw for r in run.results)
     return rows, peaks, answers
@@ -250,7 +300,7 @@ def summarise(rows, peaks, answers, n_groups: int, weights: int, chunk_activatio
         decode = sum(c.decode_seconds for c in costs)
         steps = sum(c.forward_passes for c in costs) - sum(1 for _ in costs)
         kv = max(c.peak_cache_bytes for c in costs)
-        peak = max(peaks[name])
+        peak = None if None in peaks[name] else max(peaks[name])
         figures[name] = {
             "wall_per_group_s": wall / len(costs),
             "prefill_per_group_s": (wall - decode) / len(costs),
@@ -259,9 +309,9 @@ def summarise(rows, peaks, answers, n_groups: int, weights: int, chunk_activatio
             "forward_passes": sum(c.forward_passes for c in costs) / len(costs),
             "prompt_tokens": sum(c.prompt_tokens for c in costs) / len(costs),
             "peak_kv_mib": kv / 2**20,
-            "peak_memory_mib": peak / 2**20,
+            "peak_memory_mib": None if peak is None else peak / 2**20,
             # Peak memory (weights included) against weights + KV + one prefill chunk's activations.
-            "memory_vs_budget": (weights + peak) / (weights + kv + chunk_activation),
+            "memory_vs_budget": None if peak is None else (weights + peak) / (weights + kv + chunk_activation),
             # Decoding time per model call after prefills (sequential's calls each have a
             # prefill too, so its figure is a per-call average of the decode phase).
             "decode_ms_per_step": 1000 * decode / max(steps, 1),
@@ -287,24 +337,31 @@ def print_table(title: str, res: dict) -> None:
               f"{res['engine_ms_per_step']:.1f} ms/step (overhead {100 * res['engine_overhead']:+.1f}%)")
     head = (f"{'strategy':<17} {'s/group':>8} {'prefill':>8} {'decode':>7} {'tok/s':>7} {'fwd':>6} "
             f"{'prompt tok':>10} {'KV MiB':>8} {'peak MiB':>8} {'vs seq':>7} {'vs batch':>8} "
-            f"{'vs b_cached':>11}  same replies")
+            f"{'vs b_cached':>11} {'vs vllm':>7}  same replies")
     print(head)
     print("-" * len(head))
     nan = float("nan")
     for name, f in res["strategies"].items():
         print(f"{name:<17} {f['wall_per_group_s']:>8.2f} {f['prefill_per_group_s']:>8.2f} "
               f"{f['decode_per_group_s']:>7.2f} {f['tokens_per_s']:>7.1f} {f['forward_passes']:>6.1f} "
-              f"{f['prompt_tokens']:>10.0f} {f['peak_kv_mib']:>8.1f} {f['peak_memory_mib']:>8.0f} "
+              f"{f['prompt_tokens']:>10.0f} {f['peak_kv_mib']:>8.1f} "
+              f"{'-' if f['peak_memory_mib'] is None else format(f['peak_memory_mib'], '.0f'):>8} "
               f"{f.get('speedup_vs_sequential', nan):>7.2f} {f.get('speedup_vs_batch', nan):>8.2f} "
-              f"{f.get('speedup_vs_batch_cached', nan):>11.2f}  {f.get('same_answers', '')}")
+              f"{f.get('speedup_vs_batch_cached', nan):>11.2f} {f.get('speedup_vs_vllm', nan):>7.2f}  "
+              f"{f.get('same_answers', '')}")
 
 
 def throughput(groups: list[QuestionGroup], strategies, ctx: RunContext, packs: list[int]) -> dict:
     """Questions per second per strategy, unpacked and packed by each of ``packs``; the modes
-    alternate chunk by chunk over the same groups."""
+    alternate chunk by chunk over the same groups. A peer row (vLLM) runs one group at a time
+    and then every group at once, as a server's clients would send them; every row gets its
+    ratio to that."""
     chunk = max(packs + [1])
     out = {}
     for strat in strategies:
+        if getattr(strat, "external", False):
+            out[strat.name] = peer_throughput(groups, strat, ctx)
+            continue
         seconds = {1: 0.0, **{k: 0.0 for k in packs}}
         answers = {k: [] for k in seconds}
         for start in range(0, len(groups), chunk):
@@ -320,22 +377,51 @@ def throughput(groups: list[QuestionGroup], strategies, ctx: RunContext, packs: 
                         pctx = dataclasses.replace(ctx, packer=packer)
                         runs += packer.run([lambda g=g: strat.run(g, pctx) for g in part[i:i + k]])
                 seconds[k] += clock()
-                for run in runs:
-                    if isinstance(run, BaseException):
-                        raise run
-                    answers[k].extend(r.raw for r in run.results)
-        questions = sum(len(g) for g in groups)
-        fig = {"questions": questions}
+                answers[k].extend(_replies(runs))
+        fig = {"questions": sum(len(g) for g in groups)}
         for k, s in seconds.items():
             label = "unpacked" if k == 1 else f"packed_{k}"
-            fig[f"{label}_questions_per_s"] = questions / s
+            fig[f"{label}_questions_per_s"] = fig["questions"] / s
             if k != 1:
                 fig[f"{label}_vs_unpacked"] = seconds[1] / s
-                fig[f"{label}_same_answers"] = f"{sum(a == b for a, b in zip(answers[1], answers[k]))}/{len(answers[1])}"
+                fig[f"{label}_same_answers"] = _same(answers[1], answers[k])
         out[strat.name] = fig
-        print(f"{strat.name:<17} " + "  ".join(
+    peer = out.get("vllm", {}).get("all_at_once_questions_per_s")
+    for name, fig in out.items():
+        if peer:
+            for key in [k for k in fig if k.endswith("_questions_per_s")]:
+                fig[key.replace("_questions_per_s", "_vs_vllm")] = fig[key] / peer
+        print(f"{name:<17} " + "  ".join(
             f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}" for k, v in fig.items()), flush=True)
     return out
+
+
+def peer_throughput(groups: list[QuestionGroup], row: PeerRow, ctx: RunContext) -> dict:
+    from paralleldecode.backends.vllm_server import run_many
+
+    clock = Timer()
+    one = [row.run(g, ctx) for g in groups]
+    one_s = clock()
+    clock = Timer()
+    together = run_many(row.ctx.engine, [lambda g=g: row.run(g, ctx) for g in groups])
+    together_s = clock()
+    questions = sum(len(g) for g in groups)
+    return {"questions": questions, "unpacked_questions_per_s": questions / one_s,
+            "all_at_once_questions_per_s": questions / together_s, "all_at_once_vs_unpacked": one_s / together_s,
+            "all_at_once_same_answers": _same(_replies(one), _replies(together))}
+
+
+def _replies(runs) -> list[str]:
+    out = []
+    for run in runs:
+        if isinstance(run, BaseException):
+            raise run
+        out.extend(r.raw for r in run.results)
+    return out
+
+
+def _same(a: list[str], b: list[str]) -> str:
+    return f"{sum(x == y for x, y in zip(a, b))}/{len(a)}"
 
 
 def main() -> None:
@@ -351,17 +437,22 @@ def main() -> None:
     ap.add_argument("--article-repeats", type=int, default=1, help="passes over the article groups")
     ap.add_argument("--article-max-tokens", type=int, default=6000, help="longest article context used")
     ap.add_argument("--max-new-tokens", type=int, default=24)
-    ap.add_argument("--strategies", default="sequential,sequential_cached,batch,batch_cached,one_sequence,hf_generate")
+    ap.add_argument("--strategies",
+                    default="sequential,sequential_cached,batch,batch_cached,one_sequence,hf_generate,vllm,vllm_sequential")
     ap.add_argument("--strategy-options", default="{}",
                     help='JSON options per strategy, e.g. \'{"columnar": {"isolate": true}}\'')
     ap.add_argument("--throughput", type=int, default=0, help="paragraph groups for the throughput mode (0: off)")
-    ap.add_argument("--throughput-strategies", default="all_in_one,sequential,sequential_cached,batch,batch_cached,one_sequence")
+    ap.add_argument("--throughput-strategies",
+                    default="all_in_one,sequential,sequential_cached,batch,batch_cached,one_sequence,vllm")
     ap.add_argument("--pack", default="4,8", help="groups per packed call in the throughput mode")
     ap.add_argument("--prefill-chunk", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16")
     ap.add_argument("--device", default=None, help="e.g. cuda (default: the CPU)")
+    ap.add_argument("--vllm-python", default=None,
+                    help="the Python with vLLM for the vllm rows (default: .venv-vllm, from `make vllm`)")
+    ap.add_argument("--vllm-kv-gib", type=float, default=4.0, help="vLLM's KV cache space on a CPU, GiB")
     ap.add_argument("--out", default="benchmarks/results/strategy_speed.json")
     args = ap.parse_args()
     if args.threads:
@@ -375,8 +466,18 @@ def main() -> None:
     dataset = "squad" if args.data else "demo"
     pool = load_groups(dataset, data_path=args.data)
     options = json.loads(args.strategy_options)
-    make = lambda n: HFGenerate() if n == "hf_generate" else get_strategy(n, options.get(n))  # noqa: E731
-    strategies = [make(n) for n in args.strategies.split(",") if n]
+    names = [n for n in args.strategies.split(",") if n]
+    throughput_names = [n for n in args.throughput_strategies.split(",") if n] if args.throughput else []
+    server, vctx = start_vllm(names + throughput_names, args, model, tok, ctx)
+
+    def make(n: str):
+        if n == "hf_generate":
+            return HFGenerate()
+        if n in VLLM_ROWS:
+            return PeerRow(n, get_strategy(VLLM_ROWS[n], options.get(VLLM_ROWS[n])), vctx) if vctx else None
+        return get_strategy(n, options.get(n))
+
+    strategies = [s for s in map(make, names) if s is not None]
     # Warm up kernels and caches once so the first measured strategy is not penalised.
     for s in strategies:
         s.run(groups_of_size(pool, 1, 1, args.seed)[0], ctx)
@@ -384,7 +485,8 @@ def main() -> None:
     report = {"model": args.model, "data": args.data or "demo", "max_new_tokens": args.max_new_tokens,
               "strategy_options": options, "dtype": str(model.dtype), "device": str(ctx.engine.device),
               "torch_threads": torch.get_num_threads(), "prefill_chunk": args.prefill_chunk,
-              "weights_mib": weights / 2**20, "paragraph": {}, "article": {}}
+              "weights_mib": weights / 2**20, "paragraph": {}, "article": {},
+              "vllm": {"startup_seconds": server.startup_seconds, "python": str(server.python)} if server else None}
 
     def chunk_activation(rows: int, length: int) -> int:
         """Bytes of one prefill chunk's largest transient tensors: the MLP's intermediate
@@ -421,10 +523,11 @@ def main() -> None:
         groups = groups[: args.throughput]
         packs = [int(k) for k in args.pack.split(",") if k]
         print(f"\nthroughput over {len(groups)} paragraph groups ({sum(len(g) for g in groups)} questions)")
-        names = args.throughput_strategies.split(",")
+        rows = [s for s in map(make, throughput_names) if s is not None]
         report["throughput"] = {"groups": len(groups), "packs": packs,
-                                "strategies": throughput(groups, [get_strategy(n, options.get(n)) for n in names],
-                                                         ctx, packs)}
+                                "strategies": throughput(groups, rows, ctx, packs)}
+    if server is not None:
+        server.stop()
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,6 @@ from paralleldecode.data.records import QuestionGroup
 from paralleldecode.backends.judge import CRITERIA, LLMJudge
 from paralleldecode.backends.openai_api import OpenAIClient
 from paralleldecode.backends.remote import RemoteContext
-from paralleldecode.backends.vllm_client import VLLMClient
 from paralleldecode.decoding import DecodingEngine, GenerationConfig
 from paralleldecode.decoding.constraints import Grammars
 from paralleldecode.metrics import METRICS_BY_TYPE, FormatRate, MeanScore, spaced
@@ -148,7 +147,8 @@ class StrategyModule(L.LightningModule):
             failing with an error naming the group.
         output_dir: where predictions/summary/plot go; None = the run's log directory.
         backend: run the text-only strategies elsewhere instead of on ``model_name``: an
-            ``OpenAIClient`` (any OpenAI-compatible HTTP API) or a ``VLLMClient``. Strategies
+            ``OpenAIClient`` (any OpenAI-compatible HTTP API) or a ``VLLMServerClient`` (a vLLM
+            server it starts from ``.venv-vllm`` for the run). Strategies
             needing a local model, hidden states or a checkpoint are refused.
         judge: an ``LLMJudge`` that scores long answers (1-5 on fluency, relevance,
             completeness, domain proficiency); its averages join the summary.
@@ -186,7 +186,7 @@ class StrategyModule(L.LightningModule):
         use_chat_template: str = "auto",
         truncate_context: bool = False,
         output_dir: str | None = None,
-        backend: OpenAIClient | VLLMClient | None = None,
+        backend: OpenAIClient | None = None,
         judge: LLMJudge | None = None,
         strategy_options: dict[str, dict[str, Any]] | None = None,
         pack_groups: bool = False,
@@ -229,7 +229,14 @@ class StrategyModule(L.LightningModule):
     # -- model ----------------------------------------------------------------------------
 
     def configure_model(self) -> None:
-        if self.model is not None or self.backend is not None:
+        if self.backend is not None:
+            # A back-end with a server of its own (VLLMServerClient) starts it now, so that no
+            # group's latency pays for the start-up.
+            start = getattr(self.backend, "start", None)
+            if callable(start):
+                start()
+            return
+        if self.model is not None:
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else None
         self.model, self.tokenizer = load_causal_lm(

@@ -90,10 +90,13 @@ class PredictionWriter(BasePredictionWriter):
         return indices
 
     def restored(self, strategy: str, group) -> dict[str, Any] | None:
-        """The unit the folder already holds for this strategy and group, if any (and if
-        it answered exactly this group's questions)."""
+        """The unit the folder already holds for this strategy and group, if any, if it
+        answered exactly this group's questions and none of its answers failed (a server
+        that was down, a group that did not fit: computed again, as unfinished work)."""
         unit = self.units.get((strategy, group.id))
         if unit is None or [r["question_id"] for r in unit["records"]] != [q.id for q in group.questions]:
+            return None
+        if any(r.get("finish_reason") == "error" for r in unit["records"]):
             return None
         return unit
 

@@ -22,8 +22,9 @@ temporary name and renamed into place, and only then deletes the part files:
 
 A resumed run (``resume: true``) reads every unit the folder holds, from part files of any
 earlier attempt and from the finished files, refuses to go on when the settings that decide
-the answers differ from ``run.json``'s, and computes only the missing units; the summary is
-rebuilt from all units alike.
+the answers differ from ``run.json``'s, and computes only the missing units and those with a
+failed answer (``finish_reason: error``: a server that was down, say); the summary is rebuilt
+from all units alike.
 """
 
 from __future__ import annotations

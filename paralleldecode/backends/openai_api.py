@@ -205,6 +205,11 @@ class OpenAIClient:
         self.concurrency = concurrency
         self._headers = self._build_headers(api_key_env, extra_headers or {})
 
+    def __repr__(self) -> str:
+        # What a run's settings record (and a resumed run compares): the model and where it
+        # is served, never the object's address.
+        return f"{type(self).__name__}(model={self.model!r}, url={self.url!r})"
+
     @staticmethod
     def _build_headers(api_key_env: str | None, extra: Mapping[str, str]) -> dict[str, str]:
         headers = {

@@ -4,7 +4,8 @@ vLLM) instead of the local decoding engine.
 :class:`RemoteContext` offers strategies the same ``generate`` call as the local
 :class:`~paralleldecode.strategies.RunContext`, over any client with a ``chat_many`` method
 (:class:`~paralleldecode.backends.openai_api.OpenAIClient`,
-:class:`~paralleldecode.backends.vllm_client.VLLMClient`). Differences from local runs:
+:class:`~paralleldecode.backends.vllm_server.VLLMServerClient`, a vLLM server started for
+the run). Differences from local runs:
 
 * the reply is not primed with the JSON opening (chat APIs cannot continue an assistant
   turn portably); the instruction still asks for JSON and parsing is tolerant; with

@@ -32,12 +32,14 @@ def test_demo_config_on_the_embedded_model(tmp_path):
     (out,) = tmp_path.glob("lightning_logs/version_*")
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "predictions.jsonl").open()]
-    assert list(summary) == ["all_in_one", "sequential", "batch", "one_sequence"]
+    assert list(summary) == ["all_in_one", "sequential", "sequential_cached", "batch", "batch_cached", "one_sequence"]
     n = summary["batch"]["questions"]
-    assert n >= 36 and len(records) == 4 * n
-    # Same greedy answers as batch, with the context processed once per group.
+    assert n >= 36 and len(records) == 6 * n
+    # The cached peers answer as their plain counterparts; one_sequence as batch, with the
+    # context processed once per group.
     by = {(r["strategy"], r["question_id"]): r["raw"] for r in records}
-    assert all(by[("one_sequence", q)] == by[("batch", q)] for (s, q) in by if s == "batch")
+    for strategy, peer in [("sequential_cached", "sequential"), ("batch_cached", "batch"), ("one_sequence", "batch")]:
+        assert all(by[(strategy, q)] == by[(peer, q)] for (s, q) in by if s == peer), strategy
     assert summary["one_sequence"]["prompt_tokens"] < summary["batch"]["prompt_tokens"] / 2
     # A real model answers some demo questions right; a broken pipeline scores zero.
     assert summary["batch"]["f1"] > 20 and summary["sequential"]["f1"] > 20

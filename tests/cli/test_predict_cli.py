@@ -11,7 +11,7 @@ from paralleldecode.cli import build_cli
 from paralleldecode.strategies import strategy_names
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_STRATEGIES = ["all_in_one", "sequential", "batch", "one_sequence"]
+DEMO_STRATEGIES = ["all_in_one", "sequential", "sequential_cached", "batch", "batch_cached", "one_sequence"]
 RECORD_KEYS = {"strategy", "group_id", "question_id", "question", "answer", "gold", "em", "f1",
                "lenient", "format_ok", "prompt_tokens", "generated_tokens", "forward_passes",
                "latency_s"}
