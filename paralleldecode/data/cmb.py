@@ -25,8 +25,7 @@ from typing import Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
 from paralleldecode.data.registry import register_dataset
-from paralleldecode.data.sources import (field, optional_field, read_source, text_field,
-                                         with_id)
+from paralleldecode.data.sources import field, optional_field, read_source, text_field, with_id
 
 DATASET = "cmb"
 HUB_ID = "FreedomIntelligence/CMB"

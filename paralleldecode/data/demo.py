@@ -12,8 +12,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from paralleldecode.data.group_files import require
 from paralleldecode.data.records import DataError, Question, QuestionGroup
-from paralleldecode.data.squad import require
 from paralleldecode.data.sources import with_id
 
 DATASET = "demo"

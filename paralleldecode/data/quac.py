@@ -24,8 +24,7 @@ from typing import Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
 from paralleldecode.data.registry import register_dataset
-from paralleldecode.data.sources import (field, optional_field, read_source, string_list,
-                                         strings)
+from paralleldecode.data.sources import field, optional_field, read_source, string_list, strings
 
 DATASET = "quac"
 DEFAULT_HUB_ID = "quac"

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from string import ascii_uppercase
 from typing import Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
 from paralleldecode.data.registry import register_dataset
-from paralleldecode.data.sources import (field, optional_field, read_source, text_field,
-                                         with_id)
+from paralleldecode.data.sources import field, optional_field, read_source, text_field, with_id
 
 DATASET = "quality"
 HUB_ID = "emozilla/quality"

@@ -2,8 +2,8 @@
 
 Accepted sources: the original SQuAD JSON file, Hugging Face rows (a JSON list, JSON lines,
 parquet, an in-memory `datasets.Dataset` or any iterable of row mappings), or a Hugging Face
-hub id; all containers are read by :func:`paralleldecode.data.sources.read_source`. File layouts are told apart by content, because SQuAD
-copies in the wild carry any extension.
+hub id; all containers are read by :func:`paralleldecode.data.sources.read_source`. File
+layouts are told apart by content, because SQuAD copies in the wild carry any extension.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from paralleldecode.data.group_files import require
 from paralleldecode.data.records import DataError, Question, QuestionGroup
 from paralleldecode.data.sources import read_source, with_id
 
@@ -25,32 +26,6 @@ ACCEPTED_LAYOUTS = (
 
 # One parsed question with where it came from: (location for messages, context, title, question).
 _Item = tuple[str, str, str, Question]
-
-
-def require(record: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    """Returns ``record[key]`` after checking it exists and has the expected type.
-
-    Shared by the adapters so every malformed-record message reads the same way.
-
-    Args:
-        record: the parsed JSON object that should hold ``key``.
-        key: the key to read.
-        kind: accepted type(s) of the value.
-        where: file and record location, put at the front of the error message.
-
-    Raises:
-        DataError: the record is not an object, lacks the key, or the value has another type.
-    """
-    if not isinstance(record, Mapping):
-        raise DataError(f"{where} is a {type(record).__name__}, expected a JSON object")
-    if key not in record:
-        raise DataError(f"{where} has no {key!r} key")
-    value = record[key]
-    if not isinstance(value, kind):
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        expected = " or ".join(k.__name__ for k in kinds)
-        raise DataError(f"{where}: {key!r} is a {type(value).__name__}, expected {expected}")
-    return value
 
 
 def load_squad(source: str | os.PathLike[str] | Iterable[Mapping[str, Any]],

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
 from paralleldecode.data.registry import register_dataset
-from paralleldecode.data.sources import (Source, field, optional_field, read_source, strings,
-                                         with_id)
+from paralleldecode.data.sources import Source, field, optional_field, read_source, strings, with_id
+
 # The embedded encoder is resolved where the package's other models are.
 from paralleldecode.models.encoders import EMBEDDED_ENCODER, encoder_candidates
 
