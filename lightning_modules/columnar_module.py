@@ -43,6 +43,8 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_modules.trained import TrainedWeightsModule
+from paralleldecode.config_check import check_literals
 from paralleldecode.data.grouping import even_chunks
 from paralleldecode.data.records import QuestionGroup
 from paralleldecode.decoding.columnar import columnar_batch, columnar_loss, columnar_segments
@@ -59,10 +61,6 @@ from paralleldecode.models.training import (
 )
 from paralleldecode.prompts import ONE_ANSWER, PromptRenderer
 
-from lightning_modules.trained import TrainedWeightsModule
-
-MODES = ("pretrain", "finetune")
-SCHEDULES = ("cosine", "linear", "constant")
 # Frequency pairs (1-based) that rotate with the branch id by default. Measured on the
 # embedded SmolLM2-135M (head size 64, rope theta 1e5; untrained, WikiText-2 columnar
 # batches, 4 branches): pairs 5 and 6 turn 0.24 and 0.17 rad per branch, so branches 1..5
@@ -121,7 +119,7 @@ class ColumnarModule(TrainedWeightsModule):
 
     def __init__(
         self,
-        mode: str = "pretrain",
+        mode: Literal["pretrain", "finetune"] = "pretrain",
         model_name: str = DEFAULT_MODEL,
         init_checkpoint: str | None = None,
         pair_indices: list[int] = list(DEFAULT_PAIR_INDICES),  # noqa: B006 - CLI default
@@ -134,21 +132,18 @@ class ColumnarModule(TrainedWeightsModule):
         trainable_modules: list[str] | None = None,
         freeze_base_model: bool = True,
         untie_lm_head: bool = False,
-        dtype: str = "auto",
-        attn_implementation: str | None = "sdpa",
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
+        attn_implementation: Literal["sdpa", "eager"] | None = "sdpa",
         max_branches: int = 5,
         min_questions: int = 1,
         max_length: int = 1024,
-        use_chat_template: str = "auto",
+        use_chat_template: Literal["auto", "always", "never"] = "auto",
         checkpoint_dir: str = "checkpoints",
         checkpoint_every_n_steps: int | None = 50,
         force: bool = False,
     ) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"model.mode must be one of {', '.join(MODES)}; got {mode!r}")
-        if lr_schedule not in SCHEDULES:
-            raise ValueError(f"model.lr_schedule must be one of {', '.join(SCHEDULES)}; got {lr_schedule!r}")
+        check_literals(ColumnarModule.__init__, locals())
         if learning_rate <= 0:
             raise ValueError(f"model.learning_rate must be > 0, got {learning_rate}")
         if not 0.0 <= warmup_ratio < 1.0:
@@ -403,4 +398,4 @@ def lr_factor(schedule: str, warmup_ratio: float, total_steps: float):
     return factor
 
 
-__all__ = ["ColumnarModule", "DEFAULT_PAIR_INDICES", "MODES", "chunks", "lr_factor", "slots"]
+__all__ = ["ColumnarModule", "DEFAULT_PAIR_INDICES", "lr_factor", "slots"]

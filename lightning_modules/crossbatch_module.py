@@ -26,8 +26,12 @@ trained tensors are reduced across ranks by FSDP.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
+from lightning_modules.trained import TrainedWeightsModule
+from paralleldecode.config_check import check_literals
 from paralleldecode.data.records import QuestionGroup
 from paralleldecode.models.crossbatch_lm import (
     METHODS,
@@ -40,8 +44,6 @@ from paralleldecode.models.crossbatch_lm import (
 from paralleldecode.models.loading import DEFAULT_MODEL, load_causal_lm
 from paralleldecode.models.training import LoraSettings
 from paralleldecode.prompts import ONE_ANSWER, PromptRenderer, one_question
-
-from lightning_modules.trained import TrainedWeightsModule
 
 
 class CrossBatchModule(TrainedWeightsModule):
@@ -82,7 +84,7 @@ class CrossBatchModule(TrainedWeightsModule):
         model_name: str = DEFAULT_MODEL,
         method: str = "crossbatch",
         freeze_base_model: bool = True,
-        mix_method: str = "attention",
+        mix_method: Literal["attention", "mixer"] = "attention",
         use_gate: bool = False,
         mix_layer: int = -1,
         num_heads: int = 4,
@@ -93,9 +95,9 @@ class CrossBatchModule(TrainedWeightsModule):
         lora_dropout: float = 0.05,
         lora_target_modules: list[str] | None = None,
         max_length: int | None = None,
-        dtype: str = "float32",
-        attn_implementation: str | None = None,
-        use_chat_template: str = "auto",
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32",
+        attn_implementation: Literal["sdpa", "eager"] | None = None,
+        use_chat_template: Literal["auto", "always", "never"] = "auto",
         checkpoint_dir: str = "checkpoints",
         checkpoint_every_n_steps: int | None = 50,
         checkpoint_dataset: str | None = None,
@@ -103,6 +105,7 @@ class CrossBatchModule(TrainedWeightsModule):
     ) -> None:
         super().__init__()
         check_method(method)
+        check_literals(CrossBatchModule.__init__, locals())
         self.lora = LoraSettings(lora_r, lora_alpha, lora_dropout,
                                  lora_target_modules or LoraSettings().target_modules)
         if learning_rate <= 0:

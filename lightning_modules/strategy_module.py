@@ -18,34 +18,32 @@ from __future__ import annotations
 import dataclasses
 import signal
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torchmetrics.text import BLEUScore
 
-from paralleldecode.data.records import QuestionGroup
+from lightning_modules.writer import PredictionWriter
 from paralleldecode.backends.judge import CRITERIA, LLMJudge
-from paralleldecode.backends.openai_api import OpenAIClient
+from paralleldecode.backends.openai_api import OpenAIClient, one_line
 from paralleldecode.backends.remote import RemoteContext
+from paralleldecode.config_check import check_literals, check_strategy_choice
+from paralleldecode.data.records import QuestionGroup
 from paralleldecode.decoding import DecodingEngine, GenerationConfig
 from paralleldecode.decoding.constraints import Grammars
+from paralleldecode.errors import OptionError
 from paralleldecode.metrics import METRICS_BY_TYPE, FormatRate, MeanScore, spaced
 from paralleldecode.models.loading import DEFAULT_MODEL, load_causal_lm
 from paralleldecode.prompts import PromptRenderer
-from paralleldecode.backends.openai_api import one_line
-from paralleldecode.errors import OptionError
 from paralleldecode.run_folder import refuse_overwrite, run_of, unit_of
 from paralleldecode.strategies import GroupRun, RunContext, StrategyUnavailable, get_strategy
-from paralleldecode.strategies.base import Timer
+from paralleldecode.strategies.base import Timer, strategy_names
+from paralleldecode.strategies.base import strategy_options as strategy_option_names
 from paralleldecode.strategies.packing import Packer
-
-from lightning_modules.writer import PredictionWriter
-
-ON_ERROR = ("record", "raise")
 
 # Every per-answer score is averaged, except BLEU-4: that one is pooled over the corpus.
 _MEAN_SCORES = tuple(k for keys in METRICS_BY_TYPE.values() for k in keys if k != "bleu4")
@@ -118,7 +116,8 @@ class StrategyFigures(nn.Module):
         for k, m in self.costs.items():
             v = float(m.compute())
             out[k] = v if k in _SECONDS else int(round(v))
-        out["questions_per_second"] = out["questions"] / out["wall_seconds"] if out["wall_seconds"] > 0 else float("nan")
+        seconds = out["wall_seconds"]
+        out["questions_per_second"] = out["questions"] / seconds if seconds > 0 else float("nan")
         return out
 
     def reset(self) -> None:
@@ -181,9 +180,9 @@ class StrategyModule(L.LightningModule):
         top_p: float = 1.0,
         seed: int = 0,
         stop_strings: list[str] | None = None,
-        dtype: str = "auto",
-        attn_implementation: str | None = None,
-        use_chat_template: str = "auto",
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
+        attn_implementation: Literal["sdpa", "eager"] | None = None,
+        use_chat_template: Literal["auto", "always", "never"] = "auto",
         truncate_context: bool = False,
         output_dir: str | None = None,
         backend: OpenAIClient | None = None,
@@ -192,13 +191,17 @@ class StrategyModule(L.LightningModule):
         pack_groups: bool = False,
         prefill_chunk: int = 512,
         resume: bool = False,
-        on_error: str = "record",
+        on_error: Literal["record", "raise"] = "record",
         structured_output: bool = True,
     ) -> None:
         super().__init__()
         # Clients are objects, not hyperparameters; LightningCLI's config.yaml records them.
         self.save_hyperparameters(ignore=["backend", "judge"])
-        check_options(strategies, strategy_options, on_error, prefill_chunk)
+        check_literals(StrategyModule.__init__, locals())
+        check_strategy_choice(strategies, strategy_options,
+                              {name: tuple(strategy_option_names(name)) for name in strategy_names()}, "model")
+        if prefill_chunk < 1:
+            raise OptionError(f"model.prefill_chunk must be >= 1, got {prefill_chunk}")
         # Fails here, before any weights load, on an unknown name or a folder in the way.
         refuse_overwrite(output_dir, resume)
         options = strategy_options or {}
@@ -413,17 +416,3 @@ class StrategyModule(L.LightningModule):
         return [PredictionWriter(self.hparams.output_dir, resume=self.hparams.resume)]
 
 
-def check_options(strategies: list[str], strategy_options: dict[str, Any] | None, on_error: str,
-                  prefill_chunk: int) -> None:
-    """The module's own option rules (each strategy checks its options itself)."""
-    if not strategies:
-        raise OptionError("model.strategies is empty; name at least one strategy")
-    if len(set(strategies)) != len(strategies):
-        raise OptionError(f"model.strategies lists a strategy twice: {strategies}")
-    stray = sorted(set(strategy_options or {}) - set(strategies))
-    if stray:
-        raise OptionError(f"model.strategy_options names {stray}, which are not in model.strategies {strategies}")
-    if on_error not in ON_ERROR:
-        raise OptionError(f"model.on_error must be one of {', '.join(ON_ERROR)}; got {on_error!r}")
-    if prefill_chunk < 1:
-        raise OptionError(f"model.prefill_chunk must be >= 1, got {prefill_chunk}")

@@ -270,9 +270,96 @@ def _check_class(section: str, class_path: str, init: dict[str, Any]) -> None:
         if key not in by_name:
             raise OptionError(f"{section}.init_args.{key}: {short} has no option {key!r}; accepted: "
                               f"{', '.join(by_name)}")
+        choices = literal_choices(by_name[key].annotation)
+        if choices is not None:
+            problem = choice_problem(f"{section}.init_args.{key}", value, choices)
+            if problem:
+                raise OptionError(problem)
+            continue
         problem = _type_problem(by_name[key].annotation, value)
         if problem:
             raise OptionError(f"{section}.init_args.{key}: {problem}")
+
+
+def literal_choices(annotation: str) -> tuple[Any, ...] | None:
+    """The values of a ``Literal[...]`` annotation (``None`` among them when it is
+    ``Literal[...] | None``), read from its source text; None when it is no Literal."""
+    parts = [p.strip() for p in annotation.split("|")] if annotation else []
+    values: list[Any] = []
+    found = False
+    for part in parts:
+        if part == "None":
+            values.append(None)
+            continue
+        try:
+            node = ast.parse(part, mode="eval").body
+        except SyntaxError:
+            return None
+        if not (isinstance(node, ast.Subscript) and getattr(node.value, "id", None) == "Literal"):
+            return None
+        items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        values += [ast.literal_eval(item) for item in items]
+        found = True
+    return tuple(values) if found else None
+
+
+def choice_problem(key: str, value: Any, choices: tuple[Any, ...]) -> str | None:
+    """The one-line refusal of ``value`` for an option with these choices, or None."""
+    if value in choices:
+        return None
+    shown = ", ".join("null" if c is None else str(c) for c in choices)
+    return f"{key} must be one of {shown}; got {value!r}"
+
+
+def check_literals(function, values: dict[str, Any], section: str = "model") -> None:
+    """Refuse a value outside its parameter's ``Literal`` choices: what jsonargparse checks
+    for the command line, for a module built in Python. The choices are read from
+    ``function``'s own annotations, the one place they are declared.
+
+    Raises:
+        OptionError: naming ``{section}.{parameter}`` and the accepted values.
+    """
+    import inspect
+
+    for name, param in inspect.signature(function).parameters.items():
+        annotation = param.annotation if isinstance(param.annotation, str) else ""
+        choices = literal_choices(annotation)
+        if choices is not None and name in values:
+            problem = choice_problem(f"{section}.{name}", values[name], choices)
+            if problem:
+                raise OptionError(problem)
+
+
+def check_strategy_choice(strategies: Any, strategy_options: Any, accepted: dict[str, tuple[str, ...]],
+                          section: str = "model.init_args") -> None:
+    """The rules of ``model.strategies`` and ``model.strategy_options``, for the early check
+    (``accepted`` read from the strategies' source) and for ``StrategyModule`` (from the
+    registry) alike: at least one strategy, none twice, every one registered, options only
+    for listed strategies and only the options each one takes.
+
+    Raises:
+        OptionError: naming the option and the accepted values.
+    """
+    if not isinstance(strategies, list):
+        return
+    if not strategies:
+        raise OptionError(f"{section}.strategies is empty; name at least one strategy")
+    if len(set(strategies)) != len(strategies):
+        raise OptionError(f"{section}.strategies lists a strategy twice: {strategies}")
+    for name in strategies:
+        if name not in accepted:
+            raise OptionError(f"{section}.strategies: unknown strategy {name!r}; registered "
+                              f"strategies: {', '.join(sorted(accepted))}")
+    if not isinstance(strategy_options, dict):
+        return
+    for name, opts in strategy_options.items():
+        if name not in strategies:
+            raise OptionError(f"{section}.strategy_options names {name!r}, which is not in "
+                              f"model.strategies {strategies}")
+        for key in (opts or {}):
+            if key not in accepted[name]:
+                raise OptionError(f"{section}.strategy_options.{name}: strategy {name!r} has no "
+                                  f"option {key!r}; accepted: {', '.join(accepted[name]) or 'none'}")
 
 
 def _type_problem(annotation: str, value: Any) -> str | None:
@@ -298,38 +385,12 @@ def _type_problem(annotation: str, value: Any) -> str | None:
     return f"expected {annotation}, got {value!r}"
 
 
-_CHOICES = {
-    "on_error": ("record", "raise"),
-    "use_chat_template": ("auto", "always", "never"),
-    "dtype": ("auto", "float32", "bfloat16", "float16"),
-    "attn_implementation": ("sdpa", "eager", None),
-}
-
-
 def _check_strategy_module(init: dict[str, Any]) -> None:
     from paralleldecode.run_folder import refuse_overwrite
 
-    for key, choices in _CHOICES.items():
-        if key in init and init[key] not in choices:
-            shown = ", ".join("null" if c is None else str(c) for c in choices)
-            raise OptionError(f"model.init_args.{key} must be one of {shown}; got {init[key]!r}")
     specs = registered_strategies()
-    strategies = init.get("strategies")
-    if isinstance(strategies, list):
-        for name in strategies:
-            if name not in specs:
-                raise OptionError(f"model.init_args.strategies: unknown strategy {name!r}; registered "
-                                  f"strategies: {', '.join(sorted(specs))}")
-        options = init.get("strategy_options") or {}
-        if isinstance(options, dict):
-            for name, opts in options.items():
-                if name not in strategies:
-                    raise OptionError(f"model.init_args.strategy_options names {name!r}, which is not in "
-                                      f"model.strategies {strategies}")
-                for key in (opts or {}):
-                    if name in specs and key not in specs[name].options:
-                        raise OptionError(f"model.init_args.strategy_options.{name}: strategy {name!r} has no "
-                                          f"option {key!r}; accepted: {', '.join(specs[name].options) or 'none'}")
+    check_strategy_choice(init.get("strategies"), init.get("strategy_options"),
+                          {name: tuple(spec.options) for name, spec in specs.items()})
     model_name = init.get("model_name")
     if isinstance(model_name, str) and _looks_local(model_name) and not Path(os.path.expanduser(model_name)).exists():
         raise OptionError(f"model.init_args.model_name {model_name}: no such file or folder")

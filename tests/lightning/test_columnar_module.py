@@ -18,8 +18,9 @@ from datamodules import QAGroupsDataModule, TextBranchesDataModule
 from datamodules.text_branches import cut_samples
 from lightning_modules import ColumnarModule
 from lightning_modules.columnar_module import lr_factor, slots
-from paralleldecode.data.grouping import even_chunks
 from paralleldecode.cli import build_cli
+from paralleldecode.config_check import check_command_line
+from paralleldecode.data.grouping import even_chunks
 from paralleldecode.data.records import DataError
 from paralleldecode.data.registry import load_groups
 from paralleldecode.decoding.columnar import columnar_loss
@@ -175,7 +176,8 @@ def test_checkpoint_round_trip_gives_identical_logits(tiny_models, tmp_path, tex
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     hp = ckpt["hyper_parameters"]
     assert hp["model_name"] == str(model) and hp["pair_indices"] == PAIRS and hp["isolate"] is False
-    assert hp["lora"] == {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert hp["lora"] == {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": targets}
     assert hp["untie_lm_head"] is False
     assert ckpt["state_dict"] and all(".lora_" in k and k.startswith("model.") for k in ckpt["state_dict"])
     assert "optimizer_states" not in ckpt
@@ -312,11 +314,18 @@ def test_bad_text_sources_are_named(tiny_models, tmp_path, monkeypatch):
 
 
 def test_bad_model_options_are_named(tiny_models, tmp_path, text_file):
+    # The choices are declared once (a Literal in the signature): the command's early check,
+    # LightningCLI and a module built in Python all refuse from it.
+    args = _pretrain_args(tiny_models["llama"], tmp_path, text_file, "--model.init_args.mode", "pretraining")
+    with pytest.raises(ValueError, match="model.init_args.mode must be one of pretrain, finetune; got 'pretraining'"):
+        check_command_line(args)
+    with pytest.raises(Exception, match="pretraining"):  # jsonargparse's ArgumentError
+        build_cli(args[1:], run=False, exit_on_error=False)
     with pytest.raises(ValueError, match="model.mode must be one of pretrain, finetune; got 'pretraining'"):
-        build_cli(_pretrain_args(tiny_models["llama"], tmp_path, text_file,
-                                 "--model.init_args.mode", "pretraining")[1:], run=False)
+        _module(tiny_models["llama"], tmp_path, "pretraining")
     with pytest.raises(ValueError, match="nothing to train"):
         _module(tiny_models["llama"], tmp_path, lora=None)
     module = _module(tiny_models["llama"], tmp_path, "finetune")
-    with pytest.raises(ValueError, match="mode 'finetune' trains on datamodules.QAGroupsDataModule, but data is TextBranches"):
+    with pytest.raises(ValueError,
+                       match="mode 'finetune' trains on datamodules.QAGroupsDataModule, but data is TextBranches"):
         _trainer(tmp_path, 1).fit(module, datamodule=_text_data(text_file, tiny_models["llama"]))
