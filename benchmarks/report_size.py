@@ -64,7 +64,8 @@ def main() -> None:
     summary = {}
     for i, name in enumerate(names):
         mine = [r for r in records if r["strategy"] == name]
-        summary[name] = {"em": 100 * sum(r["em"] for r in mine) / len(mine), "f1": 100 * sum(r["f1"] for r in mine) / len(mine),
+        summary[name] = {"em": 100 * sum(r["em"] for r in mine) / len(mine),
+                         "f1": 100 * sum(r["f1"] for r in mine) / len(mine),
                          "format_rate": 100 * sum(r["format_ok"] for r in mine) / len(mine),
                          "questions": len(mine), "prompt_tokens": 300 * len(mine) // (i + 1),
                          "generated_tokens": 4 * len(mine), "forward_passes": 5 * len(mine),

@@ -31,10 +31,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_modules.callbacks import ResumableCheckpoint, TrainingCost
 from paralleldecode.errors import CheckpointError
 from paralleldecode.models.training import trainable_state, trained_checkpoint_path
-
-from lightning_modules.callbacks import ResumableCheckpoint, TrainingCost
 
 RUN_KEY = "paralleldecode_run"  # what a checkpoint was trained as: module, method, base model
 RNG_KEY = "rng_states"

@@ -34,6 +34,14 @@ SYSTEM_PLAN = (
     "(a few steps, within the stated constraints). Reply with JSON only, in the form "
     '{"answer": "..."}.'
 )
+SYSTEM_EDGES = (
+    "You analyse a list of numbered questions about one text. A question depends on an "
+    "earlier one when answering it needs that earlier answer (for example it refers to "
+    "\"she\" or \"that year\" introduced by the earlier question). List only real "
+    "dependencies. Reply with JSON only: "
+    '{"edges": [{"from": 1, "to": 2, "confidence": 0.9, "reason": "..."}]} where "to" '
+    'depends on "from"; use {"edges": []} when there are none.'
+)
 # Data sets whose questions are not extractive QA get their own instruction.
 SYSTEM_BY_DATASET = {"planning": SYSTEM_PLAN}
 LETTERS = "ABCDEFGHIJ"[:MAX_OPTIONS]
@@ -124,15 +132,6 @@ def edges_reply(n: int, max_edges: int) -> ReplyFormat:
 def option_letters(n: int) -> str:
     """The letters of ``n`` options (a question has at most ``MAX_OPTIONS``)."""
     return LETTERS[:n]
-
-SYSTEM_EDGES = (
-    "You analyse a list of numbered questions about one text. A question depends on an "
-    "earlier one when answering it needs that earlier answer (for example it refers to "
-    "\"she\" or \"that year\" introduced by the earlier question). List only real "
-    "dependencies. Reply with JSON only: "
-    '{"edges": [{"from": 1, "to": 2, "confidence": 0.9, "reason": "..."}]} where "to" '
-    'depends on "from"; use {"edges": []} when there are none.'
-)
 
 
 @dataclass

@@ -21,7 +21,8 @@ _WARNINGS = (
     (r"No seed found, seed set to 0", r"lightning\.fabric\.utilities\.seed"),
     # A predict run has no validation loop, so Lightning notes that it has no data loaders
     # for it; and it runs model.eval(), which is what predict wants.
-    (r".*does not have many workers which may be a bottleneck", r"lightning\.pytorch\.trainer\.connectors\.data_connector"),
+    (r".*does not have many workers which may be a bottleneck",
+     r"lightning\.pytorch\.trainer\.connectors\.data_connector"),
 )
 
 # Beginnings of Lightning log lines (INFO) that are advertisements or hardware summaries.

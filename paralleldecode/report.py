@@ -277,7 +277,8 @@ table.sortable th.sorted-desc::after { content: " ▼"; }
 svg.frontier { border: 1px solid #d0d7de; background: #fff; }
 svg.frontier .axis { stroke: #59636e; } svg.frontier .tick, svg.frontier .axis-label { font-size: 11px; fill: #59636e; }
 svg.frontier .point circle { fill: #8c959f; } svg.frontier .point.pareto circle { fill: #0969da; stroke: #033d8b; }
-svg.frontier .point text { font-size: 11px; } svg.frontier .pareto-line { fill: none; stroke: #0969da; stroke-dasharray: 4 3; }
+svg.frontier .point text { font-size: 11px; }
+svg.frontier .pareto-line { fill: none; stroke: #0969da; stroke-dasharray: 4 3; }
 .filters { position: sticky; top: 0; background: #fff; padding: .5em 0; border-bottom: 1px solid #d0d7de;
   display: flex; flex-wrap: wrap; gap: .4em 1.2em; align-items: center; z-index: 1; }
 .pager button { margin: 0 .2em; }
@@ -291,9 +292,13 @@ tr.answer.right td.text { background: #dafbe1; } tr.answer.wrong td.text { backg
 tr.answer.malformed td.text { background: #fff8c5; } tr.answer.failed td.text { background: #eaeef2; color: #cf222e; }
 tr.answer.unscored td.text { background: #f6f8fa; }
 .legend span { padding: 0 .5em; margin-right: .4em; border-radius: 3px; }
-.legend .right { background: #dafbe1; } .legend .wrong { background: #ffebe9; } .legend .malformed { background: #fff8c5; }
+.legend .right { background: #dafbe1; }
+.legend .wrong { background: #ffebe9; }
+.legend .malformed { background: #fff8c5; }
 .legend .failed { background: #eaeef2; } .legend .unscored { background: #f6f8fa; }
-.dags { display: flex; flex-wrap: wrap; gap: 1em; } .dags figure { margin: 0; } .dags figcaption { font-size: .85em; color: #59636e; }
+.dags { display: flex; flex-wrap: wrap; gap: 1em; }
+.dags figure { margin: 0; }
+.dags figcaption { font-size: .85em; color: #59636e; }
 """
 
 SCRIPT = r"""
@@ -360,7 +365,9 @@ SCRIPT = r"""
     f("prev").disabled = page === 0; f("next").disabled = page >= pages - 1;
   }
   function apply() { shown = all.filter(matches); page = 0; render(); }
-  ["f-group", "f-disagree", "f-wrong", "f-a", "f-b"].forEach(function (id) { f(id).addEventListener("change", apply); });
+  ["f-group", "f-disagree", "f-wrong", "f-a", "f-b"].forEach(function (id) {
+    f(id).addEventListener("change", apply);
+  });
   f("prev").addEventListener("click", function () { page--; render(); window.scrollTo(0, view.offsetTop - 60); });
   f("next").addEventListener("click", function () { page++; render(); window.scrollTo(0, view.offsetTop - 60); });
   render();
@@ -387,7 +394,7 @@ def _header(run: Run) -> list[str]:
     rows = [("command", "paralleldecode " + " ".join(run.settings.get("command", [])[1:]) if run.settings else "")]
     rows += [("model", model.get("model_name")), ("data set", _data_label(data)),
              ("strategies", ", ".join(run.strategies)),
-             ("strategy options", json.dumps(model.get("strategy_options")) if model.get("strategy_options") else "none"),
+             ("strategy options", json.dumps(model["strategy_options"]) if model.get("strategy_options") else "none"),
              ("decoding", _decoding(model)),
              ("structured output", "on" if model.get("structured_output", True) else "off"),
              ("package version", run.settings.get("version")), ("started", run.settings.get("started")),
@@ -437,7 +444,8 @@ def summary_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
             rows.append(f'<tr data-strategy="{_e(name)}"><td data-value="{_e(name)}">{_e(name)}</td>'
                         f'<td colspan="{len(cols)}" class="skipped">skipped: {_e(fig["skipped"])}</td></tr>')
             continue
-        cells = "".join(f'<td class="num" data-value="{_number(fig.get(k)) if _number(fig.get(k)) is not None else ""}">'
+        values = {k: _number(fig.get(k)) for k, _ in cols}
+        cells = "".join(f'<td class="num" data-value="{values[k] if values[k] is not None else ""}">'
                         f"{_fmt(k, fig.get(k))}</td>" for k, _ in cols)
         rows.append(f'<tr data-strategy="{_e(name)}"><td data-value="{_e(name)}">{_e(name)}</td>{cells}</tr>')
     return (f'<table class="sortable" id="summary-table"><thead>{head}</thead><tbody>'
@@ -508,9 +516,11 @@ def _group_template(key: str, group: Mapping[str, Any] | None, gid: str, dags: l
     parts = [f'<template class="g" id="g-{_e(key)}" data-group="{_e(key)}"><div class="group-head" '
              f'data-group-id="{_e(gid)}"><b>{_e(gid)}</b> {_e(title)}']
     if context:
-        parts.append(f"<details><summary>context ({len(context):,} characters)</summary><pre>{_e(context)}</pre></details>")
+        parts.append(f"<details><summary>context ({len(context):,} characters)</summary>"
+                     f"<pre>{_e(context)}</pre></details>")
     if dags:
-        parts.append('<details><summary>dependency graphs</summary><div class="dags">' + "".join(dags) + "</div></details>")
+        parts.append('<details><summary>dependency graphs</summary><div class="dags">'
+                     + "".join(dags) + "</div></details>")
     parts.append("</div></template>")
     return "".join(parts)
 
@@ -528,7 +538,8 @@ def _dag(strategy: str, group_id: str, questions: list[dict[str, Any]], edges: l
     return f"<figure><figcaption>{_e(strategy)}</figcaption>{dag_svg(group, es, status_of)}</figure>"
 
 
-def _questions_section(runs: list[Run], question_order: list[tuple[str, str]], columns: list[tuple[str, str]]) -> list[str]:
+def _questions_section(runs: list[Run], question_order: list[tuple[str, str]],
+                       columns: list[tuple[str, str]]) -> list[str]:
     """The per-question part: ``question_order`` lists ``(group id, question id)``;
     ``columns`` lists ``(run index, strategy)`` pairs, one answer row each."""
     by = [{(r["group_id"], r["question_id"], r["strategy"]): r for r in run.records} for run in runs]
@@ -568,8 +579,8 @@ def _questions_section(runs: list[Run], question_order: list[tuple[str, str]], c
                 label = strategy if len(runs) == 1 else f"{runs[ri].name} · {strategy}"
                 rows.append(_answer_row(label, rec, label))
                 statuses.append((label.replace(" · ", "/").replace(" ", "_"), rec))
-            templates.append(_question_template(f"{key}-{len(templates)}", key, base["question"], base.get("gold") or [],
-                                                base.get("options"), rows, statuses, qid))
+            templates.append(_question_template(f"{key}-{len(templates)}", key, base["question"],
+                                                base.get("gold") or [], base.get("options"), rows, statuses, qid))
     labels = [label.replace(" · ", "/").replace(" ", "_") for label in
               ([s for _, s in columns] if len(runs) == 1 else [f"{runs[ri].name} · {s}" for ri, s in columns])]
     group_opts = [(k, gid) for gid, k in keys.items()]
@@ -655,7 +666,7 @@ def render_comparison(runs: list[Run], allow_different_data: bool = False) -> st
                 if fig is None:
                     cells.append('<td class="num" data-value="">(not run)</td>')
                 elif fig.get("skipped"):
-                    cells.append(f'<td class="skipped" data-value="">skipped</td>')
+                    cells.append('<td class="skipped" data-value="">skipped</td>')
                 else:
                     v = _number(fig.get(k))
                     cells.append(f'<td class="num" data-value="{"" if v is None else v}">{_fmt(k, fig.get(k))}</td>')

@@ -217,7 +217,8 @@ def test_two_runs_compare_side_by_side(runs, tmp_path):
     assert labels[:2] == ["structured · batch", "unstructured · batch"]
     recs = {(r["question_id"], r["strategy"]): r for r in load_run(off).records}
     row = templates[0].find_all("tr", "answer")[1]
-    assert row.find_all("td", "text")[0].all_text().startswith(recs[(templates[0].attrs["data-question-id"], "batch")]["answer"])
+    answer = recs[(templates[0].attrs["data-question-id"], "batch")]["answer"]
+    assert row.find_all("td", "text")[0].all_text().startswith(answer)
 
 
 def test_runs_over_different_data_are_refused_unless_allowed(runs, tiny_models, tmp_path):

@@ -59,8 +59,8 @@ class RemoteContext:
         """Send one chat request per stream; see the module docstring for the differences."""
         if layout != "rows" or session is not None:
             raise StrategyUnavailable(
-                f"layout {layout!r}{' with a KV session' if session is not None else ''} needs token-level access to a local model; the {self.name} "
-                "back-end runs independent requests only"
+                f"layout {layout!r}{' with a KV session' if session is not None else ''} needs token-level "
+                f"access to a local model; the {self.name} back-end runs independent requests only"
             )
         gen = self.generation.budget(max_new_tokens)
         conversations = build(group)

@@ -10,7 +10,6 @@ from paralleldecode.decoding.columnar import (
     columnar_segments,
     linearise,
 )
-
 from paralleldecode.decoding.engine import (
     DecodingEngine,
     GenerationConfig,

@@ -32,8 +32,14 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from paralleldecode.decoding.cache import (GrowingLayer, RowCache, fill_left_padded, new_cache, row_cache,
-                                           stack_row_caches)
+from paralleldecode.decoding.cache import (
+    GrowingLayer,
+    RowCache,
+    fill_left_padded,
+    new_cache,
+    row_cache,
+    stack_row_caches,
+)
 from paralleldecode.decoding.layout import PAD, SHARED, Layout, additive, layout_mask, prefill_mask
 from paralleldecode.models.crossbatch_lm import states_to_mix
 from paralleldecode.models.loading import cache_keyword

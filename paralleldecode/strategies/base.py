@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from paralleldecode.data.records import Question, QuestionGroup
-from paralleldecode.errors import OptionError, UserError
 from paralleldecode.decoding import (
     DecodingEngine,
     GenerationConfig,
@@ -26,8 +25,9 @@ from paralleldecode.decoding import (
     split_common_prefix,
 )
 from paralleldecode.decoding.cache import RowCache
-from paralleldecode.decoding.constraints import Grammars
 from paralleldecode.decoding.columnar import columnar_prompts
+from paralleldecode.decoding.constraints import Grammars
+from paralleldecode.errors import OptionError, UserError
 from paralleldecode.metrics import score
 from paralleldecode.prompts import Message, Parsed, PromptRenderer, ReplyFormat, parse_answer
 
@@ -96,10 +96,11 @@ class QuestionResult:
     Quality scores (0..1) are those of the question's ``answer_type`` (EM/F1/lenient for
     short answers, accuracy for multiple choice, BLEU-4/ROUGE for long answers); the others
     stay None, as do all of them for a question without gold. Token and pass figures are
-    those of the generate call that produced the answer; where one call answers several questions in one stream (``all_in_one``) its tokens are shared
-    equally among them. ``latency_s`` is the time from the group's start until this answer
-    was available. ``schema_fallback`` is True when an API server refused the reply schema
-    and the request went again without it; ``dependency_fallback`` is True when a
+    those of the generate call that produced the answer; where one call answers several
+    questions in one stream (``all_in_one``) its tokens are shared equally among them.
+    ``latency_s`` is the time from the group's start until this answer was available.
+    ``schema_fallback`` is True when an API server refused the reply schema and the request
+    went again without it; ``dependency_fallback`` is True when a
     dependency-aware strategy's edges for this group came from the heuristic fallback.
     """
 

@@ -233,9 +233,9 @@ def test_chat_many_empty():
     assert OpenAIClient("http://127.0.0.1:1/v1", "m", api_key_env=None).chat_many([]) == []
 
 
-SCHEMA = {"type": "json_schema", "json_schema": {"name": "reply", "strict": True,
-                                                 "schema": {"type": "object", "properties": {"answer": {"type": "string"}},
-                                                            "required": ["answer"], "additionalProperties": False}}}
+ANSWER = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
+          "additionalProperties": False}
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "reply", "strict": True, "schema": ANSWER}}
 
 
 def test_the_reply_schema_travels_as_response_format(chat_server):

@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+from run_outputs import TIMING, records, same_figures, summary
 
 from paralleldecode.cli import build_cli
 from paralleldecode.errors import UserError
 from paralleldecode.run_folder import ResumeError
-from run_outputs import TIMING, records, same_figures, summary
 
 # Real LightningCLI runs of tiny models: seconds each, left out of the fast suite.
 pytestmark = pytest.mark.slow
@@ -51,7 +51,8 @@ def test_a_finished_folder_resumes_to_the_same_outputs_and_keeps_timings(tiny_mo
     assert records(out) == records(reference)
     same_figures(summary(out), summary(reference))
     # Restored records keep the latencies they were measured with.
-    again = {(r["strategy"], r["question_id"]): r["latency_s"] for r in map(json.loads, (out / "predictions.jsonl").open())}
+    lines = (out / "predictions.jsonl").open()
+    again = {(r["strategy"], r["question_id"]): r["latency_s"] for r in map(json.loads, lines)}
     assert all(again[(r["strategy"], r["question_id"])] == r["latency_s"] for r in first)
     assert not list(out.glob("predictions.rank*.jsonl"))
     saved = json.loads((out / "run.json").read_text())

@@ -88,8 +88,9 @@ def test_errors_found_later_are_one_line_too(tiny_models, tmp_path):
     assert "devicez" in message
     corrupt = tmp_path / "bad.ckpt"
     corrupt.write_bytes(b"\x80\x04not a checkpoint")
+    options = json.dumps({"finetuned": {"checkpoint": str(corrupt)}})
     message, _ = fails(*demo("--model.init_args.model_name", model, "--model.init_args.strategies", "[finetuned]",
-                             "--model.init_args.strategy_options", json.dumps({"finetuned": {"checkpoint": str(corrupt)}})))
+                             "--model.init_args.strategy_options", options))
     assert str(corrupt) in message and "cannot be read" in message
     # A group longer than the window fails its group (recorded); on_error raise stops there.
     long = tmp_path / "long.json"

@@ -16,8 +16,7 @@ from paralleldecode.data import DataError
 from paralleldecode.data.registry import dataset_names, dataset_options, load_groups
 from paralleldecode.data.sources import Source
 from paralleldecode.data.triviaqa import group_at_random, group_by_similarity, load_questions
-from paralleldecode.models.encoders import (EMBEDDED_ENCODER, EMBEDDED_ENCODER_PACKAGE,
-                                            embedded_encoder_path)
+from paralleldecode.models.encoders import EMBEDDED_ENCODER, EMBEDDED_ENCODER_PACKAGE, embedded_encoder_path
 
 # The original release layout. The first answer repeats its value among the aliases and the
 # second question has a trailing space: the hub rows are stripped, so must the loader be.

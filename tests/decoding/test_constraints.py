@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from paralleldecode.data.registry import load_groups
 from paralleldecode.data.records import DataError, Question, QuestionGroup
+from paralleldecode.data.registry import load_groups
 from paralleldecode.decoding import DecodingEngine, GenerationConfig
 from paralleldecode.decoding.constraints import Grammars
 from paralleldecode.errors import OptionError

@@ -17,7 +17,7 @@ from paralleldecode.decoding import (
 )
 from paralleldecode.decoding.cache import RowCache
 from paralleldecode.decoding.columnar import columnar_prompts
-from paralleldecode.decoding.layout import PAD, SHARED, Layout, stack_layouts
+from paralleldecode.decoding.layout import SHARED, Layout, stack_layouts
 from paralleldecode.models.loading import cache_keyword, load_causal_lm
 from paralleldecode.models.rope2d import install_rope2d
 

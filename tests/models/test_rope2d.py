@@ -32,7 +32,7 @@ def test_no_branch_pairs_equals_the_stock_model(tiny_models, arch):
         assert has_rope2d(model) and pair_indices_of(model) == []
         plain = model(input_ids=IDS).logits
         pos2d = _columns_and_branches(IDS, 3)
-        mask = torch.zeros(1, 1, 8, 8).masked_fill(~torch.ones(8, 8, dtype=torch.bool).tril(), torch.finfo(torch.float32).min)
+        mask = _causal_mask(8)
         two_d = model(input_ids=IDS, position_ids=pos2d, attention_mask=mask).logits
     torch.testing.assert_close(plain, stock, atol=1e-5, rtol=0)
     torch.testing.assert_close(two_d, stock, atol=1e-5, rtol=0)
@@ -69,7 +69,7 @@ def test_cos_sin_differ_only_in_the_branch_pairs(tiny_models):
 
 def test_branch_ids_change_logits_only_with_branch_pairs(tiny_models):
     model, _ = load_causal_lm(str(tiny_models["qwen2"]))
-    mask = torch.zeros(1, 1, 8, 8).masked_fill(~torch.ones(8, 8, dtype=torch.bool).tril(), torch.finfo(torch.float32).min)
+    mask = _causal_mask(8)
 
     def logits(branch: int) -> torch.Tensor:
         # The first half of the tokens on branch 0, the second on `branch`: RoPE is
@@ -137,3 +137,9 @@ def test_bad_position_shape_is_a_clear_error(tiny_models):
     install_rope2d(model, [1])
     with pytest.raises(ValueError, match=r"\(B, T\) or \(B, T, 2\)"):
         model.model.rotary_emb(torch.zeros(1, 8, 64), torch.zeros(1, 8, 3, dtype=torch.long))
+
+
+def _causal_mask(n: int) -> torch.Tensor:
+    """``(1, 1, n, n)`` additive causal mask."""
+    blocked = ~torch.ones(n, n, dtype=torch.bool).tril()
+    return torch.zeros(1, 1, n, n).masked_fill(blocked, torch.finfo(torch.float32).min)

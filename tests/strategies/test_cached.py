@@ -86,8 +86,8 @@ def test_batch_cached_without_a_common_prefix_is_batch(tiny_models):
 
 @pytest.mark.parametrize("name", ["batch_cached", "sequential_cached"])
 def test_cached_strategies_are_refused_on_api_backends(name):
-    from paralleldecode.backends.openai_api import OpenAIClient
     from lightning_modules.strategy_module import StrategyModule
+    from paralleldecode.backends.openai_api import OpenAIClient
 
     with pytest.raises(ValueError, match="token-level access to a local model"):
         StrategyModule(strategies=[name], backend=OpenAIClient(base_url="http://127.0.0.1:9/v1", model="m",

@@ -37,7 +37,7 @@ def _trained_checkpoint(folder, path, isolate=False):
     set_trainable(model, ["lm_head"], lora=True)
     torch.manual_seed(1)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.3)
     state = {f"model.{k}": v for k, v in trainable_state(model, model.state_dict()).items()}

@@ -54,6 +54,6 @@ def test_prefix_cached_peers_give_their_plain_counterparts_answers_on_squad(data
         packer = Packer()
         pctx = dataclasses.replace(ctx, packer=packer)
         strategy = get_strategy("one_sequence")
-        packed = packer.run([lambda grp=grp: strategy.run(grp, pctx) for grp in groups])
+        packed = packer.run([lambda grp=grp, s=strategy, c=pctx: s.run(grp, c) for grp in groups])
         alone = [strategy.run(grp, ctx) for grp in groups]
         assert [[r.raw for r in x.results] for x in packed] == [[r.raw for r in x.results] for x in alone]
