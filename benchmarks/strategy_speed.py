@@ -45,7 +45,8 @@ the modes alternate chunk by chunk over the same groups.
         --article-sizes '' --throughput 40 --pack 4,8
     # against vLLM (after `make vllm`), paragraphs and articles:
     python benchmarks/strategy_speed.py --data ../shared/data/squad/dev-v1.1.json --sizes 5 \
-        --article-sizes 10 --strategies sequential,sequential_cached,batch,batch_cached,one_sequence,vllm,vllm_sequential
+        --article-sizes 10 \\
+        --strategies sequential,sequential_cached,batch,batch_cached,one_sequence,vllm,vllm_sequential
     # the columnar branch decoder against one_sequence on one workload:
     python benchmarks/strategy_speed.py --sizes 5 --strategies batch,one_sequence,columnar \\
         --strategy-options '{"columnar": {"isolate": true}}'
@@ -228,7 +229,8 @@ class HFGenerate:
         cost = Cost(prompt_tokens=sum(len(i) for i in ids), generated_tokens=generated,
                     forward_passes=new.shape[1], wall_seconds=wall, decode_seconds=wall - prefill,
                     peak_cache_bytes=2 * model.config.num_hidden_layers * len(ids) * (width + new.shape[1])
-                    * model.config.num_key_value_heads * _head_dim(model.config) * next(model.parameters()).element_size())
+                    * model.config.num_key_value_heads * _head_dim(model.config)
+                    * next(model.parameters()).element_size())
         return GroupRun([_Answer(t) for t in texts], cost)
 
 
@@ -316,14 +318,17 @@ def summarise(rows, peaks, answers, n_groups: int, weights: int, chunk_activatio
             # prefill too, so its figure is a per-call average of the decode phase).
             "decode_ms_per_step": 1000 * decode / max(steps, 1),
         }
-    for name, fig in figures.items():
+    for fig in figures.values():
         for base in BASES:
             if base in figures:
                 fig[f"speedup_vs_{base}"] = figures[base]["wall_per_group_s"] / fig["wall_per_group_s"]
     for name in answers:
         # Each strategy against the one whose replies it must equal: a cached peer against
-        # its plain counterpart, the other batch-prompt strategies against batch.
+        # its plain counterpart, the other batch-prompt strategies against batch (or, when
+        # batch did not run, against a strategy that equals it).
         peer = PEERS.get(name, "batch")
+        if peer == "batch" and "batch" not in answers:
+            peer = next((p for p in ("batch_cached", "one_sequence") if p in answers and p != name), None)
         if peer in answers and name != peer:
             same = sum(a == b for a, b in zip(answers[peer], answers[name]))
             figures[name]["same_answers"] = f"{same}/{len(answers[peer])} as {peer}"
@@ -375,7 +380,7 @@ def throughput(groups: list[QuestionGroup], strategies, ctx: RunContext, packs: 
                     for i in range(0, len(part), k):
                         packer = Packer()
                         pctx = dataclasses.replace(ctx, packer=packer)
-                        runs += packer.run([lambda g=g: strat.run(g, pctx) for g in part[i:i + k]])
+                        runs += packer.run([lambda g=g, s=strat, c=pctx: s.run(g, c) for g in part[i:i + k]])
                 seconds[k] += clock()
                 answers[k].extend(_replies(runs))
         fig = {"questions": sum(len(g) for g in groups)}
