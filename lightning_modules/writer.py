@@ -23,8 +23,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 import paralleldecode
 from paralleldecode import run_folder
-from paralleldecode.report import write_report
-from paralleldecode.reporting import format_table, write_plot
+from paralleldecode.report import format_table, write_report
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -151,7 +150,6 @@ class PredictionWriter(BasePredictionWriter):
         clean = {s: {k: (None if isinstance(v, float) and math.isnan(v) else v)
                      for k, v in fig.items()} for s, fig in summary.items()}
         (folder / "summary.json").write_text(json.dumps(clean, indent=2) + "\n")
-        write_plot(summary, folder / "quality_vs_cost.png")
         table = format_table(summary)
         structured = any(fig.get("structured_output") for fig in summary.values())
         note = ("structured output: on (replies constrained to their JSON schemas)" if structured

@@ -1,17 +1,13 @@
-"""The summary table and the quality-versus-cost plot."""
+"""The printed summary table, and that it shows the columns the HTML page shows."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+import re
 
 import pytest
 
-from paralleldecode.reporting import format_table, write_plot
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from paralleldecode.report import format_table
+from paralleldecode.report.figures import FIGURES
 
 NAN = float("nan")
 
@@ -91,40 +87,15 @@ def test_table_is_fixed_width(summary: dict) -> None:
     assert len({line.index("|") for line in lines if "|" in line}) == 1
 
 
-def _assert_png(path: Path) -> None:
-    data = path.read_bytes()
-    assert data.startswith(PNG_SIGNATURE)
-    assert len(data) > 10_000  # two labelled panels, not an empty image
+def test_the_table_and_the_page_show_the_same_columns(summary: dict) -> None:
+    from paralleldecode.report.page import summary_table
 
-
-def test_write_plot_writes_png(tmp_path: Path, summary: dict) -> None:
-    path = tmp_path / "summary.png"
-    write_plot(summary, path)
-    _assert_png(path)
-
-
-def test_write_plot_single_strategy(tmp_path: Path) -> None:
-    path = tmp_path / "one.png"
-    write_plot({"sequential": _figures()}, str(path))
-    _assert_png(path)
-
-
-def test_write_plot_all_quality_nan(tmp_path: Path) -> None:
-    path = tmp_path / "nan.png"
-    write_plot({"a": _figures(em=NAN, f1=NAN), "b": {"skipped": "no GPU"}}, path)
-    _assert_png(path)
-
-
-def test_write_plot_leaves_pyplot_alone(tmp_path: Path) -> None:
-    # Importing pyplot would pick a process-wide backend behind the caller's back. A fresh
-    # interpreter is needed because torchmetrics imports pyplot into this one.
-    script = (
-        "import sys; from paralleldecode.reporting import write_plot; "
-        f"write_plot({{'a': {_figures()!r}}}, {str(tmp_path / 'a.png')!r}); "
-        "assert 'matplotlib.pyplot' not in sys.modules"
-    )
-    # The package may not be installed; put the checkout first on the child's path.
-    repo_root = str(Path(__file__).resolve().parents[1])
-    python_path = os.pathsep.join([repo_root, os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "PYTHONPATH": python_path}
-    subprocess.run([sys.executable, "-c", script], check=True, env=env)
+    summary = {**summary, "batch": _figures(failed_questions=2, schema_fallbacks=0, constraint_seconds=0.4,
+                                            accuracy=NAN)}
+    printed = _row(format_table(summary), "strategy")[1:]
+    page = re.findall(r'<th data-key="[^"]+">([^<]+)</th>', summary_table(summary))
+    assert printed == page
+    # failed and constraint seconds are non-zero somewhere, schema fallbacks and accuracy are not.
+    assert "failed" in printed and "constraint s" in printed
+    assert "schema fallbacks" not in printed and "acc" not in printed
+    assert set(printed) <= {f.header for f in FIGURES}

@@ -102,16 +102,23 @@ def _handler_for(state: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             body = json.loads(raw) if raw else {}
             state.enter(Seen(self.path, self.headers, body))
+            left = False
             try:
-                self._answer(state.next_reply(body))
+                reply = state.next_reply(body)
+                if reply.delay:  # no sleep call at all otherwise, for tests that patch sleep
+                    time.sleep(reply.delay)
+                # Out of flight before the reply goes out: once the client has it, it may send
+                # its next request before this thread would have got to count this one done.
+                state.leave()
+                left = True
+                self._answer(reply)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timed out) before the reply was written
             finally:
-                state.leave()
+                if not left:
+                    state.leave()
 
         def _answer(self, reply: Reply) -> None:
-            if reply.delay:  # no sleep call at all otherwise, for tests that patch sleep
-                time.sleep(reply.delay)
             if isinstance(reply.body, dict):
                 payload = json.dumps(reply.body).encode()
             elif isinstance(reply.body, str):

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from paralleldecode.errors import UserError
+from paralleldecode.report.figures import formatted, number, shown
 from paralleldecode.run_folder import GROUP_COSTS, GROUPS, PREDICTIONS, SETTINGS
 
 REPORT = "report.html"
@@ -48,16 +48,7 @@ PAGE_SIZE = 50
 QUALITY = (("em", "EM"), ("f1", "F1"), ("lenient", "lenient"), ("accuracy", "accuracy"),
            ("bleu4", "BLEU-4"), ("rougeL", "ROUGE-L"))
 COSTS = (("wall_seconds", "wall seconds"), ("tokens", "prompt + generated tokens"))
-# Summary columns: (key, header); only those some strategy has a value for are shown.
-COLUMNS = (("em", "EM"), ("f1", "F1"), ("lenient", "lenient"), ("accuracy", "acc"), ("bleu4", "BLEU-4"),
-           ("rouge1", "R-1"), ("rouge2", "R-2"), ("rougeL", "R-L"), ("judge_fluency", "fluency"),
-           ("judge_relevance", "relevance"), ("judge_completeness", "complete"),
-           ("judge_proficiency", "domain"), ("format_rate", "format%"), ("questions", "questions"),
-           ("failed_questions", "failed"), ("prompt_tokens", "prompt tok"), ("generated_tokens", "gen tok"),
-           ("forward_passes", "fwd passes"), ("wall_seconds", "wall s"), ("questions_per_second", "q/s"),
-           ("ideal_latency_s", "ideal s"), ("layers", "layers"), ("edges_kept", "edges"),
-           ("dependency_tokens", "dep tok"), ("dependency_fallbacks", "dep fallbacks"),
-           ("schema_fallbacks", "schema fallbacks"), ("constraint_seconds", "constraint s"))
+
 
 
 class ReportError(UserError):
@@ -118,23 +109,8 @@ def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _fmt(key: str, value: Any) -> str:
-    v = _number(value)
-    if v is None:
-        return "-"
-    if key in ("wall_seconds", "ideal_latency_s", "constraint_seconds", "questions_per_second"):
-        return f"{v:.2f}"
-    if key in {k for k, _ in QUALITY} | {"rouge1", "rouge2", "format_rate"}:
-        return f"{v:.1f}"
-    if key.startswith("judge_"):
-        return f"{v:.2f}"
-    return f"{v:,.0f}"
+    return formatted(key, value, thousands=True)
 
 
 def status(record: Mapping[str, Any]) -> str:
@@ -158,7 +134,7 @@ def correctness(record: Mapping[str, Any]) -> str:
 def _score_text(record: Mapping[str, Any]) -> str:
     parts = []
     for key, label in (("em", "EM"), ("f1", "F1"), ("accuracy", "acc"), ("rougeL", "R-L"), ("bleu4", "BLEU")):
-        v = _number(record.get(key))
+        v = number(record.get(key))
         if v is not None:
             parts.append(f"{label} {v:.2f}" if key != "em" and key != "accuracy" else f"{label} {v:.0f}")
     return " · ".join(parts)
@@ -190,9 +166,9 @@ def frontier_svg(summary: Mapping[str, Mapping[str, Any]], quality: str, cost: s
     for name, fig in summary.items():
         if fig.get("skipped"):
             continue
-        c = (_number(fig.get("prompt_tokens")) or 0) + (_number(fig.get("generated_tokens")) or 0) \
-            if cost == "tokens" else _number(fig.get(cost))
-        q = _number(fig.get(quality))
+        c = (number(fig.get("prompt_tokens")) or 0) + (number(fig.get("generated_tokens")) or 0) \
+            if cost == "tokens" else number(fig.get(cost))
+        q = number(fig.get(quality))
         if c is not None and q is not None:
             points.append((name, c, q))
     if not points:
@@ -430,9 +406,8 @@ def _decoding(model: Mapping[str, Any]) -> str:
 
 
 def _columns(summaries: Sequence[Mapping[str, Mapping[str, Any]]]) -> list[tuple[str, str]]:
-    return [(k, h) for k, h in COLUMNS if any(
-        _number(f.get(k)) is not None and (k != "failed_questions" or f.get(k))
-        for s in summaries for f in s.values())]
+    """``(key, header)`` of the summary columns (:data:`~paralleldecode.report.figures.FIGURES`)."""
+    return [(f.key, f.header) for f in shown(summaries)]
 
 
 def summary_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
@@ -444,7 +419,7 @@ def summary_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
             rows.append(f'<tr data-strategy="{_e(name)}"><td data-value="{_e(name)}">{_e(name)}</td>'
                         f'<td colspan="{len(cols)}" class="skipped">skipped: {_e(fig["skipped"])}</td></tr>')
             continue
-        values = {k: _number(fig.get(k)) for k, _ in cols}
+        values = {k: number(fig.get(k)) for k, _ in cols}
         cells = "".join(f'<td class="num" data-value="{values[k] if values[k] is not None else ""}">'
                         f"{_fmt(k, fig.get(k))}</td>" for k, _ in cols)
         rows.append(f'<tr data-strategy="{_e(name)}"><td data-value="{_e(name)}">{_e(name)}</td>{cells}</tr>')
@@ -668,7 +643,7 @@ def render_comparison(runs: list[Run], allow_different_data: bool = False) -> st
                 elif fig.get("skipped"):
                     cells.append('<td class="skipped" data-value="">skipped</td>')
                 else:
-                    v = _number(fig.get(k))
+                    v = number(fig.get(k))
                     cells.append(f'<td class="num" data-value="{"" if v is None else v}">{_fmt(k, fig.get(k))}</td>')
             rows.append(f'<tr data-strategy="{_e(s)}" data-key="{k}"><td data-value="{_e(s)}">{_e(s)}</td>'
                         f'<td data-value="{_e(h)}">{_e(h)}</td>{"".join(cells)}</tr>')
@@ -715,7 +690,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"paralleldecode-report: error: {' '.join(str(err).split())}", file=sys.stderr)
         sys.exit(2)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-
-
-if __name__ == "__main__":
-    main()
