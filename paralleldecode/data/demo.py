@@ -12,9 +12,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from paralleldecode.data.group_files import require
 from paralleldecode.data.records import DataError, Question, QuestionGroup
-from paralleldecode.data.sources import with_id
+from paralleldecode.data.sources import field, with_id
 
 DATASET = "demo"
 LAYOUT_VERSION = 1
@@ -47,11 +46,11 @@ def load_demo(path: str | os.PathLike[str] | None = None) -> list[QuestionGroup]
         raise DataError(f"{origin} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"{origin} cannot be read as JSON: {err}") from err
-    if require(doc, "version", int, origin) != LAYOUT_VERSION:
+    if field(doc, "version", int, origin) != LAYOUT_VERSION:
         raise DataError(f"{origin}: version {doc['version']} is not supported "
                         f"(expected {LAYOUT_VERSION})")
     groups = [_group(g, f"{origin}: groups[{i}]", str(source))
-              for i, g in enumerate(require(doc, "groups", list, origin))]
+              for i, g in enumerate(field(doc, "groups", list, origin))]
     if not groups:
         raise DataError(f"{origin} holds no groups")
     return groups
@@ -60,12 +59,12 @@ def load_demo(path: str | os.PathLike[str] | None = None) -> list[QuestionGroup]
 def _group(record: Any, where: str, source: str) -> QuestionGroup:
     where = with_id(where, record)
     questions = [_question(q, f"{where}.questions[{j}]")
-                 for j, q in enumerate(require(record, "questions", list, where))]
+                 for j, q in enumerate(field(record, "questions", list, where))]
     try:
         return QuestionGroup(
-            id=require(record, "id", str, where), dataset=DATASET, questions=questions,
-            background=require(record, "context", str, where),
-            metadata={"title": require(record, "title", str, where), "source": source},
+            id=field(record, "id", str, where), dataset=DATASET, questions=questions,
+            background=field(record, "context", str, where),
+            metadata={"title": field(record, "title", str, where), "source": source},
         )
     except DataError as err:
         raise DataError(f"{where}: {err}") from None
@@ -73,11 +72,11 @@ def _group(record: Any, where: str, source: str) -> QuestionGroup:
 
 def _question(record: Any, where: str) -> Question:
     where = with_id(where, record)
-    answers = require(record, "answers", list, where)
+    answers = field(record, "answers", list, where)
     if not all(isinstance(a, str) for a in answers):
         raise DataError(f"{where}: 'answers' must be a list of strings, got {answers!r}")
     try:
-        return Question(id=require(record, "id", str, where),
-                        text=require(record, "question", str, where), answers=answers)
+        return Question(id=field(record, "id", str, where),
+                        text=field(record, "question", str, where), answers=answers)
     except DataError as err:
         raise DataError(f"{where}: {err}") from None

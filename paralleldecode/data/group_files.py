@@ -2,9 +2,9 @@
 
 One group per line: ``{"id", "background", "questions": [{"id", "question", "answers",
 "metadata"?}], "metadata"?}``. :func:`write_groups_jsonl` writes it, :func:`load_groups_jsonl`
-reads it back (the generated task families and a user's own file of groups);
-:func:`require` reads one key of a parsed record, so every malformed-record message of every
-adapter reads the same way.
+reads it back (the generated task families and a user's own file of groups). Records are read
+with :func:`~paralleldecode.data.sources.field`, as every adapter reads them, so every
+malformed-record message reads the same way.
 """
 
 from __future__ import annotations
@@ -16,33 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from paralleldecode.data.records import DataError, Question, QuestionGroup
-from paralleldecode.data.sources import read_source, with_id
-
-
-def require(record: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    """Returns ``record[key]`` after checking it exists and has the expected type.
-
-    Shared by the adapters so every malformed-record message reads the same way.
-
-    Args:
-        record: the parsed JSON object that should hold ``key``.
-        key: the key to read.
-        kind: accepted type(s) of the value.
-        where: file and record location, put at the front of the error message.
-
-    Raises:
-        DataError: the record is not an object, lacks the key, or the value has another type.
-    """
-    if not isinstance(record, Mapping):
-        raise DataError(f"{where} is a {type(record).__name__}, expected a JSON object")
-    if key not in record:
-        raise DataError(f"{where} has no {key!r} key")
-    value = record[key]
-    if not isinstance(value, kind):
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        expected = " or ".join(k.__name__ for k in kinds)
-        raise DataError(f"{where}: {key!r} is a {type(value).__name__}, expected {expected}")
-    return value
+from paralleldecode.data.sources import field, read_source, with_id
 
 
 def write_groups_jsonl(groups: Iterable[QuestionGroup], path: str | os.PathLike[str]) -> None:
@@ -122,10 +96,10 @@ def _claim(used: dict[str, str], key: str, location: str, where: str, what: str)
 
 
 def _read_group(record: Any, where: str, dataset: str) -> QuestionGroup:
-    gid = require(record, "id", str, where)
-    background = require(record, "background", str, where)
+    gid = field(record, "id", str, where)
+    background = field(record, "background", str, where)
     metadata = _optional_object(record, where)
-    raw_questions = require(record, "questions", list, where)
+    raw_questions = field(record, "questions", list, where)
     if not raw_questions:
         raise DataError(f"{where}: 'questions' is empty; a group needs at least one question")
     questions = [_read_question(q, with_id(f"{where}: questions[{j}]", q))
@@ -138,9 +112,9 @@ def _read_group(record: Any, where: str, dataset: str) -> QuestionGroup:
 
 
 def _read_question(record: Any, where: str) -> Question:
-    qid = require(record, "id", str, where)
-    text = require(record, "question", str, where)
-    answers = require(record, "answers", list, where)
+    qid = field(record, "id", str, where)
+    text = field(record, "question", str, where)
+    answers = field(record, "answers", list, where)
     if not all(isinstance(a, str) for a in answers):
         raise DataError(f"{where}: 'answers' must be a list of strings, got {answers!r}")
     metadata = _optional_object(record, where)
@@ -153,5 +127,5 @@ def _read_question(record: Any, where: str) -> Question:
 def _optional_object(record: Mapping[str, Any], where: str) -> dict[str, Any]:
     if "metadata" not in record:
         return {}
-    return require(record, "metadata", dict, where)
+    return field(record, "metadata", dict, where)
 

@@ -12,9 +12,8 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from paralleldecode.data.group_files import require
 from paralleldecode.data.records import DataError, Question, QuestionGroup
-from paralleldecode.data.sources import read_source, with_id
+from paralleldecode.data.sources import field, read_source, with_id
 
 DATASET = "squad"
 DEFAULT_HUB_ID = "rajpurkar/squad"
@@ -69,34 +68,34 @@ def _document_items(doc: Any, origin: str) -> Iterable[_Item]:
 
 
 def _original_items(doc: Mapping[str, Any], origin: str) -> Iterable[_Item]:
-    articles = require(doc, "data", list, origin)
+    articles = field(doc, "data", list, origin)
     for a, article in enumerate(articles):
         at = f"{origin}: data[{a}]"
         title = _optional_title(article, at)
-        for p, paragraph in enumerate(require(article, "paragraphs", list, at)):
+        for p, paragraph in enumerate(field(article, "paragraphs", list, at)):
             at_p = f"{at}.paragraphs[{p}]"
-            context = require(paragraph, "context", str, at_p)
-            for q, qa in enumerate(require(paragraph, "qas", list, at_p)):
+            context = field(paragraph, "context", str, at_p)
+            for q, qa in enumerate(field(paragraph, "qas", list, at_p)):
                 where = with_id(f"{at_p}.qas[{q}]", qa)
-                texts, starts = _original_answers(require(qa, "answers", list, where), where)
+                texts, starts = _original_answers(field(qa, "answers", list, where), where)
                 yield where, context, title, _question(qa, texts, starts, where)
 
 
 def _original_answers(answers: list[Any], where: str) -> tuple[list[str], list[int]]:
     texts, starts = [], []
     for i, answer in enumerate(answers):
-        texts.append(require(answer, "text", str, f"{where} answers[{i}]"))
-        starts.append(require(answer, "answer_start", int, f"{where} answers[{i}]"))
+        texts.append(field(answer, "text", str, f"{where} answers[{i}]"))
+        starts.append(field(answer, "answer_start", int, f"{where} answers[{i}]"))
     return texts, starts
 
 
 def _row_items(rows: Iterable[tuple[str, Any]], origin: str) -> Iterable[_Item]:
     for label, row in rows:
         where = with_id(f"{origin}: {label}", row)
-        context = require(row, "context", str, where)
-        answers = require(row, "answers", Mapping, where)
-        texts = require(answers, "text", list, f"{where} answers")
-        starts = require(answers, "answer_start", list, f"{where} answers")
+        context = field(row, "context", str, where)
+        answers = field(row, "answers", Mapping, where)
+        texts = field(answers, "text", list, f"{where} answers")
+        starts = field(answers, "answer_start", list, f"{where} answers")
         if len(texts) != len(starts) or not all(isinstance(t, str) for t in texts) \
                 or not all(isinstance(s, int) for s in starts):
             raise DataError(f"{where}: 'answers' needs equally long lists of 'text' strings and "
@@ -108,13 +107,13 @@ def _optional_title(record: Any, where: str) -> str:
     # Titles only label output; SQuAD-like files without them are still usable.
     if isinstance(record, Mapping) and "title" not in record:
         return ""
-    return require(record, "title", str, where)
+    return field(record, "title", str, where)
 
 
 def _question(record: Mapping[str, Any], texts: list[str], starts: list[int],
               where: str) -> Question:
-    qid = require(record, "id", str, where)
-    text = require(record, "question", str, where)
+    qid = field(record, "id", str, where)
+    text = field(record, "question", str, where)
     # SQuAD repeats one gold span once per annotator; keep each text once (first offset).
     first_start: dict[str, int] = {}
     for answer, start in zip(texts, starts):
