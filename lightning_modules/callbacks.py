@@ -19,6 +19,8 @@ stop on SIGTERM, and the cost of training as it runs.
 from __future__ import annotations
 
 import resource
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -53,28 +55,37 @@ class ResumableCheckpoint(ModelCheckpoint):
         if self._last_global_step_saved != trainer.global_step or not self.last_path.exists():
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Lightning's own SIGTERM handler forwards the signal to the other ranks and runs a
+        # collective inside the handler; a rank signalled twice (by the scheduler and by rank
+        # 0) then runs one collective too many, and the ranks lose step (seen under DDP as
+        # "Connection reset by peer"). This handler only takes note; the ranks agree at the
+        # next step boundary instead. Lightning restores the earlier handler at teardown.
+        self._sigterm = False
+        self._step_at_batch_start = -1
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._note_sigterm)
+
+    def _note_sigterm(self, signum, frame) -> None:
+        self._sigterm = True
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._step_at_batch_start = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        signals = trainer._signal_connector  # Lightning's SIGTERM flag (it stops at any batch)
-        self._sigterm = getattr(self, "_sigterm", False) or signals.received_sigterm
-        if trainer.global_step == getattr(self, "_step_at_batch_start", -1):
-            # A batch inside a gradient accumulation: stopping here would lose the gradients
-            # summed so far, so hold the signal back from Lightning until the step ends.
-            signals.received_sigterm = False
-            return
+        if trainer.global_step == self._step_at_batch_start:
+            return  # a batch inside a gradient accumulation: stopping would lose its gradients
         # Every rank takes part in the decision (a collective under DDP), then in the save.
         if not trainer.strategy.reduce_boolean_decision(self._sigterm, all=False):
             return
         self._save_last_now(trainer)
         rank_zero_info(f"stopped by SIGTERM after step {trainer.global_step}; resume with --ckpt_path last "
                        f"({self.last_path})")
-        # Lightning ends the step (its logs included) and raises SIGTERMException on the ranks
-        # that saw the signal: make every rank one of them. The `paralleldecode` command turns
-        # that exception into exit status 143.
-        signals.received_sigterm = True
+        # Lightning ends the step (its logs included) and raises SIGTERMException on every
+        # rank whose flag is set: set it on all. The `paralleldecode` command turns that
+        # exception into exit status 143.
+        trainer._signal_connector.received_sigterm = True
 
     def on_train_end(self, trainer, pl_module) -> None:
         if not trainer.fast_dev_run:
