@@ -408,7 +408,7 @@ def peer_throughput(groups: list[QuestionGroup], row: PeerRow, ctx: RunContext) 
     one = [row.run(g, ctx) for g in groups]
     one_s = clock()
     clock = Timer()
-    together = run_many(row.ctx.engine, [lambda g=g: row.run(g, ctx) for g in groups])
+    together = run_many([lambda g=g: row.run(g, ctx) for g in groups])
     together_s = clock()
     questions = sum(len(g) for g in groups)
     return {"questions": questions, "unpacked_questions_per_s": questions / one_s,

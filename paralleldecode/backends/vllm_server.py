@@ -450,9 +450,9 @@ class VLLMServerClient(OpenAIClient):
         return f"VLLMServerClient(model={self.model!r}, dtype={self.server.dtype!r})"
 
 
-def run_many(engine: VLLMEngine, calls: list) -> list:
-    """Run ``calls`` (no-argument callables that use ``engine``) all at once, as many clients
-    of one server do; results (or the exception each raised) in order."""
+def run_many(calls: list) -> list:
+    """Run ``calls`` (no-argument callables, each a client of one server) all at once, as many
+    clients of a server do; results (or the exception each raised) in order."""
     def guarded(call):
         try:
             return call()
