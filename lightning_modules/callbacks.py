@@ -47,9 +47,14 @@ class ResumableCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=str(dirpath), save_top_k=0, save_last=True, every_n_train_steps=every_n_steps,
                          enable_version_counter=False)
 
+    @classmethod
+    def last_in(cls, dirpath: str | Path) -> Path:
+        """Where the checkpoint of a run whose folder is ``dirpath`` is kept."""
+        return Path(dirpath) / f"{cls.CHECKPOINT_NAME_LAST}{cls.FILE_EXTENSION}"
+
     @property
     def last_path(self) -> Path:
-        return Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        return self.last_in(self.dirpath)
 
     def _save_last_now(self, trainer) -> None:
         if self._last_global_step_saved != trainer.global_step or not self.last_path.exists():

@@ -16,7 +16,6 @@ already holds is restored instead of computed; SIGTERM stops the run between uni
 from __future__ import annotations
 
 import dataclasses
-import signal
 import warnings
 from typing import Any, Literal
 
@@ -31,6 +30,7 @@ from lightning_modules.writer import PredictionWriter
 from paralleldecode.backends.judge import CRITERIA, LLMJudge
 from paralleldecode.backends.openai_api import OpenAIClient, one_line
 from paralleldecode.backends.remote import RemoteContext
+from paralleldecode.cli import SIGTERM_STATUS
 from paralleldecode.config_check import check_literals, check_strategy_choice
 from paralleldecode.data.records import QuestionGroup
 from paralleldecode.decoding import DecodingEngine, GenerationConfig
@@ -387,7 +387,7 @@ class StrategyModule(L.LightningModule):
         """Stop between units when the process was asked to (SIGTERM): every finished unit
         is on disk already, and ``resume: true`` continues after them."""
         if self._trainer is not None and self.trainer.received_sigterm:
-            raise SIGTERMException(128 + signal.SIGTERM)  # the exit status of a SIGTERM
+            raise SIGTERMException(SIGTERM_STATUS)
 
     def _judge(self, run: GroupRun) -> None:
         """Score the run's long answers with the judge (cached, so reruns do not pay)."""

@@ -103,7 +103,7 @@ class TrainedWeightsModule(L.LightningModule):
     def last_checkpoint(self, trainer) -> Path | None:
         """The ``last.ckpt`` a killed run left in ``trainer``'s folder, or None (then
         ``--ckpt_path last`` starts afresh, with Lightning's warning)."""
-        path = self.checkpoint_folder(trainer) / f"{ResumableCheckpoint.CHECKPOINT_NAME_LAST}.ckpt"
+        path = ResumableCheckpoint.last_in(self.checkpoint_folder(trainer))
         return path if path.is_file() else None
 
     def run_identity(self) -> dict[str, str]:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 
 EXIT_USAGE = 2
-SIGTERM_STATUS = 128 + 15  # the status of a process ended by SIGTERM
+SIGTERM_STATUS = 128 + signal.SIGTERM  # the status of a process ended by SIGTERM
 
 
 def main() -> None:
