@@ -44,6 +44,7 @@ import torch
 
 from paralleldecode.backends.openai_api import OpenAIClient, one_line
 from paralleldecode.errors import UserError
+from paralleldecode.models.loading import DEFAULT_MODEL
 
 VENV = ".venv-vllm"
 PYTHON_ENV = "PARALLELDECODE_VLLM_PYTHON"
@@ -341,9 +342,9 @@ class VLLMEngine:
         wall = time.perf_counter() - start
         streams = []
         for prompt, choice in zip(prompts, choices):
-            reason = {"length": "length"}.get(choice.finish_reason)
-            if reason is None:
-                reason = "stop_string" if isinstance(choice.stop_reason, str) else "eos"
+            # vLLM says "stop" for a stop string (named in stop_reason) and for EOS alike.
+            reason = "length" if choice.finish_reason == "length" else (
+                "stop_string" if isinstance(choice.stop_reason, str) else "eos")
             streams.append(StreamResult(token_ids=choice.token_ids, text=choice.text, finish_reason=reason,
                                         prompt_tokens=len(prompt), finish_seconds=choice.done - start))
         first = [c.first for c in choices if c.first is not None]
@@ -411,7 +412,7 @@ class VLLMServerClient(OpenAIClient):
             when vLLM does not start (its log is named).
     """
 
-    def __init__(self, model: str = "smollm2-135m-instruct", python: str | None = None, dtype: str = "float32",
+    def __init__(self, model: str = DEFAULT_MODEL, python: str | None = None, dtype: str = "float32",
                  max_model_len: int | None = None, kv_cache_gib: float = 4.0, startup_timeout: float = 900.0,
                  port: int | None = None, timeout: float = 120.0, max_retries: int = 2, backoff: float = 1.0,
                  concurrency: int = 8) -> None:
