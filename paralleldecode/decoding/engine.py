@@ -40,7 +40,16 @@ from paralleldecode.decoding.cache import (
     row_cache,
     stack_row_caches,
 )
-from paralleldecode.decoding.layout import PAD, SHARED, Layout, additive, layout_mask, prefill_mask
+from paralleldecode.decoding.compiled import SlotBuffers, StepCompiler, resolve
+from paralleldecode.decoding.layout import (
+    PAD,
+    SHARED,
+    Layout,
+    additive,
+    independent_rows,
+    layout_mask,
+    prefill_mask,
+)
 from paralleldecode.models.crossbatch_lm import states_to_mix
 from paralleldecode.models.loading import cache_keyword
 
@@ -141,6 +150,9 @@ class GenerationResult:
             the call served several groups (packing); 1 otherwise.
         constraint_seconds: time spent in the constraint hook (filling and applying the
             allowed-token masks).
+        compile_seconds: time spent compiling step graphs during this call (0 once they
+            are compiled, e.g. by :meth:`DecodingEngine.warm_up`).
+        compiled: whether the decoding steps ran compiled.
     """
 
     streams: list[StreamResult]
@@ -154,6 +166,8 @@ class GenerationResult:
     prefill_passes: int = 1
     share: float = 1.0
     constraint_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    compiled: bool = False
 
     @property
     def generated_tokens(self) -> int:
@@ -197,10 +211,14 @@ class DecodingEngine:
         prefill_chunk: most prompt slots per row that one prefill forward computes; longer
             prompts are prefilled in several calls (each a forward pass), so attention
             scores and masks stay ``rows x prefill_chunk x L`` instead of ``rows x L x L``.
+        compile: ``"auto"``, ``"on"`` or ``"off"``: whether decoding steps of 1D layouts
+            run as one compiled graph (:mod:`~paralleldecode.decoding.compiled`, which says
+            what ``auto`` picks); columnar layouts and a mixer always decode eagerly. The
+            ``PARALLELDECODE_COMPILE`` environment variable replaces ``auto`` for a process.
     """
 
     def __init__(self, model, tokenizer, mixer=None, mix_layer: int = -1,
-                 prefill_chunk: int = 512) -> None:
+                 prefill_chunk: int = 512, compile: str | bool = "auto") -> None:
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.model = model
@@ -208,6 +226,8 @@ class DecodingEngine:
         self.mixer = mixer
         self.mix_layer = mix_layer
         self.prefill_chunk = prefill_chunk
+        on, self.compile_note = resolve(compile, model)
+        self.steps = StepCompiler.for_model(model) if on and mixer is None else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # Read once from the installed transformers: `cache` where it exists.
         self.cache_keyword = cache_keyword(model)
@@ -217,6 +237,19 @@ class DecodingEngine:
             # every forward. torch's CPU kernel takes the mask with grouped heads (8x faster
             # per layer measured at 4.8K keys, same outputs), so let transformers use it.
             os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
+
+    def warm_up(self) -> float:
+        """Compile the decoding step now, for one row and for several, so that no group's
+        time pays for it; returns the seconds compiling took (0 when the steps are eager
+        or already compiled)."""
+        if self.steps is None:
+            return 0.0
+        spent = self.steps.compile_seconds
+        token = self.pad_id if self.pad_id != self.tokenizer.eos_token_id else 0
+        once = GenerationConfig(max_new_tokens=2, eos_token_ids=())
+        for rows in (1, 4):  # torch specialises a dimension of size 1: two graphs
+            self.generate(independent_rows([[token] * 3] * rows, self.pad_id), once)
+        return self.steps.compile_seconds - spent
 
     @property
     def device(self) -> torch.device:
@@ -309,7 +342,13 @@ class DecodingEngine:
         # before a stream answers): room for all of them is reserved up front.
         per_row = int(layout.stream_row.bincount().max())
         steps = max(c.max_new_tokens for c in configs) + max((len(p) for p in layout.pending), default=0) + 1
-        cache, key_owner, key_ids, key_col, picked, passes = self._prefill(layout, decode_tokens=per_row * steps)
+        # Compiled steps keep one width for the whole call (finished streams feed padding).
+        slots = self.steps is not None and not layout.columnar
+        width = max(per_row, 2) if slots else 1
+        compiling = self.steps.compile_seconds if slots else 0.0
+        cache, key_owner, key_ids, key_col, picked, passes = self._prefill(
+            layout, decode_tokens=max(per_row, width) * steps)
+        buffers = SlotBuffers.of(cache, key_owner, key_ids, self.pad_id) if slots else None
         prefill_passes = passes
         groups = layout.stream_group.to(dev)
         stream_logits = self._logits(picked, groups)  # (S, V)
@@ -362,19 +401,24 @@ class DecodingEngine:
             live = [i for i in range(n) if not st.done[i]]
             if not live:
                 break
-            cache = self._drop_finished_rows(st, cache, keep_cache)
+            if buffers is None:  # compiled steps keep every row: their shapes stay put
+                cache = self._drop_finished_rows(st, cache, keep_cache)
             extra = [i for i in stopped if feed_last and int(st.stream_row[i]) >= 0]
             fed_now = live + extra
-            step_ids, step_pos, step_owner, where = self._step_inputs(st, fed_now, branch)
-            step_col = step_pos[..., 0] if branch is not None else None
-            key_col = None
-            if st.cache_column is not None:
-                key_col = torch.cat([st.cache_column, step_col], dim=1)
-            key_owner = torch.cat([st.cache_owner, step_owner], dim=1)
-            mask = layout_mask(step_owner, key_owner, step_col, key_col, layout.isolate)
-            out = self._forward(step_ids, step_pos, mask, cache, keep=0)
-            st.cache_owner, st.cache_column = key_owner, key_col
-            st.cache_ids = torch.cat([st.cache_ids, step_ids], dim=1)
+            step_ids, step_pos, step_owner, where = self._step_inputs(st, fed_now, branch, width)
+            if buffers is not None:
+                out = buffers.step(self.steps, step_ids, step_pos, step_owner)
+                st.cache_owner, st.cache_ids = buffers.filled()
+            else:
+                step_col = step_pos[..., 0] if branch is not None else None
+                key_col = None
+                if st.cache_column is not None:
+                    key_col = torch.cat([st.cache_column, step_col], dim=1)
+                key_owner = torch.cat([st.cache_owner, step_owner], dim=1)
+                mask = layout_mask(step_owner, key_owner, step_col, key_col, layout.isolate)
+                out = self._forward(step_ids, step_pos, mask, cache, keep=0)
+                st.cache_owner, st.cache_column = key_owner, key_col
+                st.cache_ids = torch.cat([st.cache_ids, step_ids], dim=1)
             live_t = torch.tensor(live, device=dev)
             rows, cols = where[0][: len(live)], where[1][: len(live)]
             stream_logits = self._logits(out[rows, cols], groups[live_t])
@@ -403,7 +447,9 @@ class DecodingEngine:
                       for i in range(n)]
         return GenerationResult(streams, passes, layout.processed_tokens, wall, peak, fed,
                                 prefill_wall, caches, prefill_passes,
-                                constraint_seconds=getattr(constraint, "seconds", 0.0))
+                                constraint_seconds=getattr(constraint, "seconds", 0.0),
+                                compile_seconds=self.steps.compile_seconds - compiling if slots else 0.0,
+                                compiled=slots and self.steps.fallback is None)
 
     @torch.no_grad()
     def prefill(self, layout: Layout) -> GenerationResult:
@@ -615,16 +661,16 @@ class DecodingEngine:
         st.stream_row = remap[st.stream_row.clamp(min=0)].where(st.stream_row >= 0, st.stream_row)
         return cache
 
-    def _step_inputs(self, st: _State, fed: list[int], branch: torch.Tensor | None):
+    def _step_inputs(self, st: _State, fed: list[int], branch: torch.Tensor | None, width: int = 1):
         """Tokens of one step: ``(R, K)`` ids, positions (``(R, K, 2)`` column and branch
         when ``branch`` gives each stream's branch id), owners, and each fed stream's
         ``(row, k)`` slot in the order of ``fed``; ``K`` is the most fed streams any row
-        has. Pad slots get position 0 (branch 0)."""
+        has, at least ``width``. Pad slots get position 0 (branch 0)."""
         rows = st.cache_owner.shape[0]
         per_row: list[list[int]] = [[] for _ in range(rows)]
         for i in fed:
             per_row[int(st.stream_row[i])].append(i)
-        k = max(len(r) for r in per_row)
+        k = max(width, *(len(r) for r in per_row))
         dev = st.cache_owner.device
         ids = torch.full((rows, k), self.pad_id, dtype=torch.long, device=dev)
         pos = torch.zeros((rows, k) if branch is None else (rows, k, 2), dtype=torch.long, device=dev)

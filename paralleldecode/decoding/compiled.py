@@ -1,0 +1,288 @@
+"""The engine's decoding step as one function over fixed-shape buffers, compiled once.
+
+Eager decoding of a small model is bound by the host: every step walks the modeling code op
+by op. :func:`slot_step` is the step the engine takes for a 1D layout, written so that
+nothing in it depends on how far the sequence has grown, which is what lets
+``torch.compile`` turn it into one graph that later steps reuse:
+
+* every layer's keys and values live in a buffer reserved for the whole call (the prefill's
+  :class:`~paralleldecode.decoding.cache.GrowingLayer` buffers, the unused tail zeroed); the
+  step writes its ``K`` new slots per row at slot ``at`` in place (:class:`SlotCache`);
+* a ``(B, L)`` owner buffer says whose every slot is (``PAD`` beyond the filled part), and
+  the mask is computed inside the graph from it, by the same rule as the eager
+  :func:`~paralleldecode.decoding.layout.step_mask`: a query sees its own stream's and the
+  shared slots, and itself;
+* the step's width is fixed for the call (the most streams a row holds, at least 2): a
+  stream that finishes feeds a padding slot until the call ends, so shapes never change
+  within a call, and the buffers' length, the rows and the width are dynamic dimensions
+  (one graph serves every group; a single row and several rows are the two graphs, as
+  torch specialises a dimension of size 1).
+
+On CPU inductor compiles with ``freezing`` (the weights become constants and are prepacked
+for the matmul kernels; measured 38 ms per step instead of 56-71 eager on the embedded model
+at one row), so the weights must not change while an engine decodes with it: call
+:meth:`StepCompiler.reset` after training them. Columnar layouts (2D positions) and
+cross-batch mixers stay eager.
+
+Shapes: ``B`` rows, ``K`` slots fed per row in a step, ``L`` buffer slots per row, ``H``
+key/value heads, ``D`` head size, ``V`` vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import weakref
+from typing import Literal
+
+import torch
+
+from paralleldecode.decoding.layout import PAD, visibility
+
+log = logging.getLogger(__name__)
+
+CompileSetting = Literal["auto", "on", "off"]
+COMPILE_SETTINGS = ("auto", "on", "off")
+ENV = "PARALLELDECODE_COMPILE"
+
+# Below this size a step is a few milliseconds eager and compiling (tens of seconds on a CPU)
+# never pays back: "auto" leaves such models eager (the test suite's tiny models among them).
+AUTO_MIN_PARAMETERS = 50_000_000
+
+
+def unavailable(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot build kernels for ``device``, or None when it can."""
+    if device.type == "cpu":
+        if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            return "no C++ compiler (g++, c++ or clang++) on PATH, which inductor needs on the CPU"
+        return None
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "triton is not installed, which inductor needs on CUDA"
+    return f"compiled steps are built for CPU and CUDA, not {device.type!r}"
+
+
+def resolve(setting: str | bool | None, model) -> tuple[bool, str]:
+    """Whether an engine over ``model`` compiles its steps, and why (for the notice line).
+
+    Args:
+        setting: ``"auto"`` (on for a model of at least :data:`AUTO_MIN_PARAMETERS`
+            parameters on a CPU where inductor can build; CUDA is not measured yet, so
+            ``auto`` leaves it eager), ``"on"`` (wherever inductor can build), ``"off"``;
+            True/False/None read as on/off/off.
+    """
+    if setting is True:
+        setting = "on"
+    elif setting in (False, None):
+        setting = "off"
+    if setting not in COMPILE_SETTINGS:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_SETTINGS)}; got {setting!r}")
+    if setting == "auto" and os.environ.get(ENV):
+        setting = os.environ[ENV]
+        if setting not in COMPILE_SETTINGS:
+            raise ValueError(f"{ENV} must be one of {', '.join(COMPILE_SETTINGS)}; got {setting!r}")
+    if setting == "off":
+        return False, "compile: off"
+    device = next(model.parameters()).device
+    why = unavailable(device)
+    if why is not None:
+        return False, why
+    if setting == "auto":
+        size = sum(p.numel() for p in model.parameters())
+        if device.type != "cpu":
+            return False, f"compile: auto keeps {device.type} eager (not measured there); set compile: on"
+        if size < AUTO_MIN_PARAMETERS:
+            return False, f"compile: auto keeps a model of {size:,} parameters eager (compiling costs more than it saves)"
+    return True, f"decoding steps compiled with torch.compile on {device.type}"
+
+
+class SlotCache:
+    """The cache object handed to the modeling code inside :func:`slot_step`: each layer's
+    ``update`` writes the step's keys and values at slots ``at..at+K-1`` of that layer's
+    buffer and returns the whole buffer (the mask hides the slots not yet written).
+
+    Args:
+        keys: per layer, a ``(B, H, L, D)`` buffer.
+        values: per layer, a ``(B, H, L, D)`` buffer.
+        at: 0-dim long tensor, the first slot this step writes.
+    """
+
+    is_compileable = True
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], at: torch.Tensor) -> None:
+        self.keys, self.values, self.at = keys, values, at
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        slots = self.at + torch.arange(key_states.shape[-2], device=key_states.device)
+        self.keys[layer_idx].index_copy_(2, slots, key_states)
+        self.values[layer_idx].index_copy_(2, slots, value_states)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:  # never asked: positions are explicit
+        return 0
+
+
+def slot_step(model, ids: torch.Tensor, positions: torch.Tensor, query_owner: torch.Tensor,
+              key_owner: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
+              at: torch.Tensor) -> torch.Tensor:
+    """One decoding step of ``model`` over slot buffers.
+
+    Args:
+        ids: ``(B, K)`` token ids fed this step (the pad id in padding slots).
+        positions: ``(B, K)`` their positions.
+        query_owner: ``(B, K)`` their owners (``PAD`` for padding slots).
+        key_owner: ``(B, L)`` the owner of every buffer slot, this step's already written at
+            ``at..at+K-1`` and ``PAD`` beyond.
+        keys, values: per layer ``(B, H, L, D)`` buffers, written in place.
+        at: 0-dim long tensor, the first slot of this step.
+
+    Returns:
+        ``(B, K, V)`` float logits.
+    """
+    k, length = ids.shape[1], key_owner.shape[1]
+    own_slot = at + torch.arange(k, device=ids.device)
+    itself = torch.arange(length, device=ids.device)[None, None, :] == own_slot[None, :, None]
+    allowed = visibility(query_owner, key_owner) | itself
+    dtype = keys[0].dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=ids.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    out = model(input_ids=ids, position_ids=positions, attention_mask=mask[:, None],
+                cache=SlotCache(keys, values, at), use_cache=True)
+    return out.logits.float()
+
+
+class SlotBuffers:
+    """A call's slot buffers: each layer's KV buffer (the prefill's
+    :class:`~paralleldecode.decoding.cache.GrowingLayer` buffers), and the owner and token id
+    of every slot, filled up to ``length``; :meth:`step` appends one step in place.
+
+    Attributes:
+        owner: ``(B, L)`` owner of every slot (``PAD`` beyond ``length``).
+        ids: ``(B, L)`` token id of every slot.
+        length: slots filled per row.
+    """
+
+    def __init__(self, layers: list, owner: torch.Tensor, ids: torch.Tensor, pad_id: int) -> None:
+        self.layers = layers
+        self.keys = [layer.buffers[0] for layer in layers]
+        self.values = [layer.buffers[1] for layer in layers]
+        self.length = n = owner.shape[1]
+        room = self.keys[0].shape[-2]
+        for t in (*self.keys, *self.values):
+            t[..., n:, :].zero_()  # masked slots are multiplied by 0: they must not hold NaN
+        self.owner = owner.new_full((owner.shape[0], room), PAD)
+        self.owner[:, :n] = owner
+        self.ids = ids.new_full((ids.shape[0], room), pad_id)
+        self.ids[:, :n] = ids
+
+    @classmethod
+    def of(cls, cache, owner: torch.Tensor, ids: torch.Tensor, pad_id: int) -> SlotBuffers | None:
+        """The buffers of an engine cache after its prefill, or None when a layer is not a
+        growing full-attention layer (a sliding window: such a model decodes eagerly)."""
+        from paralleldecode.decoding.cache import GrowingLayer
+
+        layers = list(getattr(cache, "layers", []))
+        if not layers or any(not isinstance(x, GrowingLayer) or x.buffers is None for x in layers):
+            return None
+        return cls(layers, owner, ids, pad_id)
+
+    def filled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of the ``(B, length)`` owners and ids filled so far."""
+        return self.owner[:, : self.length], self.ids[:, : self.length]
+
+    def step(self, run, ids: torch.Tensor, positions: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        """Feed one step through ``run`` (a :class:`StepCompiler`) and advance.
+
+        Args:
+            ids, positions, owner: ``(B, K)`` of the step's slots.
+
+        Returns:
+            ``(B, K, V)`` float logits.
+        """
+        a, k = self.length, ids.shape[1]
+        if a + k > self.owner.shape[1]:
+            raise RuntimeError(f"slot buffers of {self.owner.shape[1]} slots cannot take {k} more after {a}")
+        self.owner[:, a:a + k] = owner
+        self.ids[:, a:a + k] = ids
+        out = run(ids, positions, owner, self.owner, self.keys, self.values,
+                  torch.tensor(a, device=ids.device))
+        self.length = a + k
+        for layer, key, value in zip(self.layers, self.keys, self.values):
+            layer.keys, layer.values = key[..., : self.length, :], value[..., : self.length, :]
+        return out
+
+
+class StepCompiler:
+    """:func:`slot_step` for one model, compiled on first use (eager where it cannot be).
+
+    A compile that fails (an unusual model, an operator inductor lacks) leaves the engine
+    eager for good, with one warning naming why; the step in flight is taken again eagerly,
+    so no answer is lost or changed.
+
+    Attributes:
+        compile_seconds: time spent in calls that compiled a new graph (compile plus that
+            one step), summed.
+        fallback: why compiling was given up, or None.
+    """
+
+    _shared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.compile_seconds = 0.0
+        self.fallback: str | None = None
+        self._fn = None
+        self._freeze = next(model.parameters()).device.type == "cpu"
+
+    @classmethod
+    def for_model(cls, model) -> StepCompiler:
+        """The one compiler of ``model``: every engine over it shares the compiled graphs."""
+        if model not in cls._shared:
+            cls._shared[model] = cls(model)
+        return cls._shared[model]
+
+    def reset(self) -> None:
+        """Forget the compiled graphs (their frozen weights), e.g. after training."""
+        self._fn = None
+        torch._dynamo.reset()
+
+    def _compiled(self):
+        if self._fn is None:
+            def step(ids, positions, query_owner, key_owner, keys, values, at):
+                return slot_step(self.model, ids, positions, query_owner, key_owner, keys, values, at)
+
+            self._fn = torch.compile(step, fullgraph=True)
+        return self._fn
+
+    def __call__(self, ids, positions, query_owner, key_owner, keys, values, at) -> torch.Tensor:
+        """:func:`slot_step`, compiled unless compiling failed before."""
+        args = (ids, positions, query_owner, key_owner, keys, values, at)
+        if self.fallback is not None:
+            return slot_step(self.model, *args)
+        # Rows, width and buffer length vary between calls: mark them dynamic (a size-1
+        # dimension cannot be, torch specialises it).
+        for t in (ids, positions, query_owner, key_owner, *keys, *values):
+            for dim in range(min(t.dim(), 3)):
+                if dim != 1 or t.dim() != 4:  # a buffer's second dimension is its heads
+                    if t.shape[dim] > 1:
+                        torch._dynamo.mark_dynamic(t, dim)
+        from torch._dynamo.utils import counters
+
+        before = counters["stats"]["unique_graphs"]
+        start = time.perf_counter()
+        try:
+            # Freezing is read when a graph compiles (inside the first call for a shape);
+            # torch.compile's `options` do not reach it, the config must be patched.
+            with torch._inductor.config.patch(freezing=self._freeze):
+                out = self._compiled()(*args)
+        except Exception as err:  # noqa: BLE001 - any compile failure falls back to eager
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            self.fallback = f"{type(err).__name__}: {reason}"
+            model_type = getattr(self.model.config, "model_type", type(self.model).__name__)
+            log.warning("compile: decoding %s eagerly, torch.compile failed (%s)", model_type, self.fallback)
+            return slot_step(self.model, *args)
+        if counters["stats"]["unique_graphs"] != before:
+            self.compile_seconds += time.perf_counter() - start
+        return out
