@@ -16,6 +16,7 @@ already holds is restored instead of computed; SIGTERM stops the run between uni
 from __future__ import annotations
 
 import dataclasses
+import sys
 import warnings
 from typing import Any, Literal
 
@@ -159,6 +160,11 @@ class StrategyModule(L.LightningModule):
             :mod:`paralleldecode.strategies.packing`); answers are those of an unpacked run.
             A no-op with batch size 1 and on API back-ends.
         prefill_chunk: most prompt tokens per row in one prefill forward pass.
+        compile: ``auto``, ``on`` or ``off``: decode with compiled steps
+            (:mod:`paralleldecode.decoding.compiled`; ``auto`` compiles a model of 50M
+            parameters or more on a CPU). The graphs compile before the first group; the
+            seconds that took are ``compile_seconds`` in every strategy's summary, never part
+            of a group's time. Answers do not change.
         resume: continue the run whose outputs ``output_dir`` holds: every strategy and
             group already answered there is kept as it was, only the rest is computed.
         on_error: ``record`` (a strategy failing on one group records that group's
@@ -190,6 +196,7 @@ class StrategyModule(L.LightningModule):
         strategy_options: dict[str, dict[str, Any]] | None = None,
         pack_groups: bool = False,
         prefill_chunk: int = 512,
+        compile: Literal["auto", "on", "off"] = "auto",
         resume: bool = False,
         on_error: Literal["record", "raise"] = "record",
         structured_output: bool = True,
@@ -228,6 +235,8 @@ class StrategyModule(L.LightningModule):
         self.skipped: dict[str, str] = {}
         # The prediction writer: where finished units go and restored ones come from.
         self.sink = None
+        # Seconds the decoding steps took to compile (before the first group).
+        self.compile_seconds = 0.0
 
     # -- model ----------------------------------------------------------------------------
 
@@ -247,9 +256,14 @@ class StrategyModule(L.LightningModule):
             attn_implementation=self.hparams.attn_implementation,
         )
         self.model.requires_grad_(False)
+        engine = self._engine()
+        if engine.steps is not None:
+            # Compiled now, so that no group's time pays for it.
+            self.compile_seconds = engine.warm_up()
+            how = "eagerly: compiling failed" if engine.steps.fallback else f"compiled in {self.compile_seconds:.1f} s"
+            print(f"paralleldecode: decoding steps {how} ({engine.compile_note})", file=sys.stderr, flush=True)
         if self.hparams.structured_output:
             # Here, before the first group: a tokenizer xgrammar cannot read fails the run now.
-            engine = DecodingEngine(self.model, self.tokenizer)
             self.grammars = Grammars(self.tokenizer, self.model.get_output_embeddings().weight.shape[0],
                                      sorted(engine.eos_ids(self.generation)), self.hparams.model_name)
 
@@ -268,7 +282,7 @@ class StrategyModule(L.LightningModule):
         if self.model is None:
             self.configure_model()
         return RunContext(
-            engine=DecodingEngine(self.model, self.tokenizer, prefill_chunk=self.hparams.prefill_chunk),
+            engine=self._engine(),
             renderer=PromptRenderer(self.tokenizer, self.hparams.use_chat_template),
             generation=self.generation,
             truncate_context=self.hparams.truncate_context,
@@ -276,10 +290,15 @@ class StrategyModule(L.LightningModule):
             grammars=self.grammars,
         )
 
+    def _engine(self) -> DecodingEngine:
+        """An engine over the loaded model (engines over one model share compiled steps)."""
+        return DecodingEngine(self.model, self.tokenizer, prefill_chunk=self.hparams.prefill_chunk,
+                              compile=self.hparams.compile)
+
     def answer_settings(self) -> dict[str, Any]:
         """The options that decide the answers (a resumed run must use the same): all but
         the strategy list (a resumed run may add strategies) and how the work is run."""
-        how = {"strategies", "output_dir", "resume", "on_error", "pack_groups", "prefill_chunk"}
+        how = {"strategies", "output_dir", "resume", "on_error", "pack_groups", "prefill_chunk", "compile"}
         settings = {k: v for k, v in self.hparams.items() if k not in how}
         settings["backend"] = repr(self.backend) if self.backend is not None else None
         return settings
@@ -407,7 +426,8 @@ class StrategyModule(L.LightningModule):
         """Per-strategy figures over everything predicted so far, synced across ranks
         (every rank must call it); a skipped strategy has only ``skipped``: the reason."""
         # compute() is collective, so skipped strategies compute too (with no updates).
-        figures = {name: {**fig.compute(), "structured_output": bool(self.hparams.structured_output)}
+        figures = {name: {**fig.compute(), "structured_output": bool(self.hparams.structured_output),
+                          "compile_seconds": round(self.compile_seconds, 3)}
                    for name, fig in self.figures.items()}
         return {name: ({"skipped": self.skipped[name]} if name in self.skipped else fig)
                 for name, fig in figures.items()}

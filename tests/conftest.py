@@ -16,6 +16,9 @@ import torch
 # Tests never reach a hub; without this, a failed hub lookup retries with backoff for ~30 s.
 # Set before transformers/huggingface_hub are imported, which read it once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `compile: auto` would compile the embedded model's steps in every CLI run the slow tests
+# start (minutes each on a CPU); tests that check the compiled path ask for it by name.
+os.environ.setdefault("PARALLELDECODE_COMPILE", "off")
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"

@@ -25,6 +25,7 @@ Streams of one call may have their own token budget and stop strings (one
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -52,6 +53,8 @@ from paralleldecode.decoding.layout import (
 )
 from paralleldecode.models.crossbatch_lm import states_to_mix
 from paralleldecode.models.loading import cache_keyword
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -227,6 +230,8 @@ class DecodingEngine:
         self.mix_layer = mix_layer
         self.prefill_chunk = prefill_chunk
         on, self.compile_note = resolve(compile, model)
+        if compile in ("on", True) and not on:
+            log.warning("compile: decoding eagerly: %s", self.compile_note)
         self.steps = StepCompiler.for_model(model) if on and mixer is None else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # Read once from the installed transformers: `cache` where it exists.

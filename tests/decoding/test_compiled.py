@@ -1,0 +1,150 @@
+"""Compiled decoding steps give the eager engine's answers, token for token.
+
+Every layout a strategy hands the engine runs once eagerly and once compiled (tiny Llama,
+Qwen2 and Qwen3 under sdpa; the embedded model on real SQuAD groups in the slow test), and a
+model the compiler cannot take decodes eagerly with one warning.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from paralleldecode.decoding import (
+    DecodingEngine,
+    GenerationConfig,
+    independent_rows,
+    shared_prefix,
+    stack_layouts,
+)
+from paralleldecode.decoding.compiled import ENV, StepCompiler, resolve, unavailable
+from paralleldecode.models.loading import load_causal_lm
+
+ARCHS = ["llama", "qwen2", "qwen3"]
+# Compiling takes 10-20 s per architecture here: Llama in the fast suite, the others slow.
+ARCH_PARAMS = ["llama", *(pytest.param(a, marks=pytest.mark.slow) for a in ARCHS[1:])]
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_models):
+    """Per architecture, an eager and a compiled engine over the same model."""
+    out = {}
+    for arch in ARCHS:
+        model, tok = load_causal_lm(str(tiny_models[arch]), attn_implementation="sdpa")
+        out[arch] = (DecodingEngine(model, tok, compile="off"), DecodingEngine(model, tok, compile="on"))
+    return out
+
+
+def _prompts(tok, n: int) -> list[list[int]]:
+    base = tok("The lighthouse at Carrow Point was built in 1871 by the engineer Maud Feren. ")["input_ids"]
+    asks = ["Who built it?", "When was the lighthouse built?", "Where is it?", "What is the fox?",
+            "Question: who?"]
+    return [base + tok(asks[i % len(asks)])["input_ids"] for i in range(n)]
+
+
+def _same(eager, compiled, layout, config, **kw):
+    a = eager.generate(layout(), config, **kw)
+    b = compiled.generate(layout(), config, **kw)
+    assert b.compiled and not a.compiled
+    assert [s.token_ids for s in b.streams] == [s.token_ids for s in a.streams]
+    assert [s.finish_reason for s in b.streams] == [s.finish_reason for s in a.streams]
+    return a, b
+
+
+@pytest.mark.parametrize("arch", ARCH_PARAMS)
+def test_every_layout_gives_the_eager_tokens(engines, arch):
+    eager, compiled = engines[arch]
+    tok, pad = eager.tokenizer, eager.pad_id
+    ids = _prompts(tok, 5)
+    uneven = [ids[0][:7], ids[1], ids[2][:20]]  # left padding of different widths
+    greedy = GenerationConfig(max_new_tokens=12, eos_token_ids=())
+    _same(eager, compiled, lambda: independent_rows(ids, pad), greedy)
+    _same(eager, compiled, lambda: independent_rows(uneven, pad), greedy)
+    _same(eager, compiled, lambda: independent_rows(ids[:1], pad), greedy)
+    _same(eager, compiled, lambda: shared_prefix(ids, pad), greedy)
+    _same(eager, compiled, lambda: shared_prefix(ids[:1], pad), greedy)
+    # Packing: stacked layouts of different shapes decode together.
+    _same(eager, compiled, lambda: stack_layouts([shared_prefix(ids[:3], pad), shared_prefix(ids[3:], pad),
+                                                  independent_rows(uneven, pad)], pad), greedy)
+    # Streams that stop at different steps (their own budgets and the model's EOS) become padding.
+    budgets = [GenerationConfig(max_new_tokens=m) for m in (3, 9, 1, 12, 6)]
+    _same(eager, compiled, lambda: shared_prefix(ids, pad), budgets)
+    _same(eager, compiled, lambda: independent_rows(ids, pad), budgets)
+
+
+def test_rows_from_a_prefix_cache_and_kept_caches(engines):
+    eager, compiled = engines["llama"]
+    pad = eager.pad_id
+    ids = _prompts(eager.tokenizer, 4)
+    greedy = GenerationConfig(max_new_tokens=10, eos_token_ids=())
+    prefix = ids[0][:12]
+    pre = eager.prefill(independent_rows([prefix], pad)).caches
+    _same(eager, compiled, lambda: independent_rows(ids, pad, past=pre * 4), greedy)
+    # A conversation carried from call to call (sequential_cached): kept caches agree too.
+    a, b = _same(eager, compiled, lambda: independent_rows(ids[:1], pad), greedy, keep_cache=True)
+    assert a.caches[0].tokens == b.caches[0].tokens
+    for k_a, k_b in zip(a.caches[0].keys, b.caches[0].keys):
+        torch.testing.assert_close(k_a, k_b, rtol=1e-5, atol=1e-5)
+    turn = ids[0] + a.streams[0].token_ids + ids[1][-4:]
+    _same(eager, compiled, lambda: independent_rows([turn], pad, past=[a.caches[0]]), greedy)
+
+
+def test_one_graph_per_row_count_serves_every_later_shape(engines):
+    _, compiled = engines["llama"]
+    pad = compiled.pad_id
+    compiled.warm_up()
+    greedy = GenerationConfig(max_new_tokens=6, eos_token_ids=())
+    for n in (2, 3, 5):
+        for layout in (independent_rows, shared_prefix):
+            res = compiled.generate(layout(_prompts(compiled.tokenizer, n), pad), greedy)
+            assert res.compiled and res.compile_seconds == 0.0, (n, layout.__name__)
+    assert compiled.warm_up() == 0.0
+
+
+def test_a_model_the_compiler_cannot_take_decodes_eagerly_with_one_warning(tiny_models, caplog):
+    model, tok = load_causal_lm(str(tiny_models["llama"]), attn_implementation="sdpa")
+    eager = DecodingEngine(model, tok, compile="off")
+    greedy = GenerationConfig(max_new_tokens=8, eos_token_ids=())
+    ids = _prompts(tok, 3)
+    want = [s.token_ids for s in eager.generate(shared_prefix(ids, eager.pad_id), greedy).streams]
+
+    def data_dependent(module, args):  # Python control flow on a tensor's value: no graph
+        if float(args[0].abs().sum()) > 0:
+            return None
+        return None
+
+    handle = model.model.layers[0].register_forward_pre_hook(data_dependent)
+    try:
+        compiled = DecodingEngine(model, tok, compile="on")
+        with caplog.at_level(logging.WARNING, logger="paralleldecode.decoding.compiled"):
+            got = compiled.generate(shared_prefix(ids, compiled.pad_id), greedy)
+            again = compiled.generate(shared_prefix(ids, compiled.pad_id), greedy)
+    finally:
+        handle.remove()
+        StepCompiler.for_model(model).reset()
+    warnings = [r for r in caplog.records if r.name == "paralleldecode.decoding.compiled"]
+    assert len(warnings) == 1 and "decoding llama eagerly" in warnings[0].getMessage()
+    assert [s.token_ids for s in got.streams] == want == [s.token_ids for s in again.streams]
+    assert not got.compiled
+
+
+def test_settings_resolve_with_reasons(tiny_models, monkeypatch, tmp_path):
+    model, _ = load_causal_lm(str(tiny_models["llama"]))
+    monkeypatch.delenv(ENV, raising=False)
+    on, why = resolve("auto", model)
+    assert not on and "parameters eager" in why
+    assert resolve("on", model)[0] and not resolve("off", model)[0] and not resolve(False, model)[0]
+    monkeypatch.setenv(ENV, "on")
+    assert resolve("auto", model)[0] and not resolve("off", model)[0]
+    monkeypatch.setenv(ENV, "sometimes")
+    with pytest.raises(ValueError, match="PARALLELDECODE_COMPILE must be one of auto, on, off; got 'sometimes'"):
+        resolve("auto", model)
+    with pytest.raises(ValueError, match="compile must be one of auto, on, off; got 'fast'"):
+        resolve("fast", model)
+    # A CPU with no C++ compiler: eager, saying why.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert unavailable(torch.device("cpu")).startswith("no C++ compiler")
+    on, why = resolve("on", model)
+    assert not on and "no C++ compiler" in why
