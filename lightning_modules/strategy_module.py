@@ -257,11 +257,6 @@ class StrategyModule(L.LightningModule):
         )
         self.model.requires_grad_(False)
         engine = self._engine()
-        if engine.steps is not None:
-            # Compiled now, so that no group's time pays for it.
-            self.compile_seconds = engine.warm_up()
-            how = "eagerly: compiling failed" if engine.steps.fallback else f"compiled in {self.compile_seconds:.1f} s"
-            print(f"paralleldecode: decoding steps {how} ({engine.compile_note})", file=sys.stderr, flush=True)
         if self.hparams.structured_output:
             # Here, before the first group: a tokenizer xgrammar cannot read fails the run now.
             self.grammars = Grammars(self.tokenizer, self.model.get_output_embeddings().weight.shape[0],
@@ -416,6 +411,19 @@ class StrategyModule(L.LightningModule):
             r.judge_error = sc.error
             for key in CRITERIA:
                 setattr(r, f"judge_{key}", getattr(sc, key))
+
+    def on_predict_start(self) -> None:
+        """Compile the decoding steps before the first group, so that no group's time pays
+        for it. Not in :meth:`configure_model`: Lightning runs that under its tensor-init
+        context, whose torch function mode the compiled graphs would be guarded on, so the
+        first steps of the predict loop would compile them again."""
+        if self.model is None or self.compile_seconds:
+            return
+        engine = self._engine()
+        if engine.steps is not None:
+            self.compile_seconds = engine.warm_up()
+            how = "eagerly: compiling failed" if engine.steps.fallback else f"compiled in {self.compile_seconds:.1f} s"
+            print(f"paralleldecode: decoding steps {how} ({engine.compile_note})", file=sys.stderr, flush=True)
 
     def on_predict_epoch_start(self) -> None:
         self.skipped.clear()
