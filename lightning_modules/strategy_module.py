@@ -256,9 +256,9 @@ class StrategyModule(L.LightningModule):
             attn_implementation=self.hparams.attn_implementation,
         )
         self.model.requires_grad_(False)
-        engine = self._engine()
         if self.hparams.structured_output:
             # Here, before the first group: a tokenizer xgrammar cannot read fails the run now.
+            engine = self._engine()
             self.grammars = Grammars(self.tokenizer, self.model.get_output_embeddings().weight.shape[0],
                                      sorted(engine.eos_ids(self.generation)), self.hparams.model_name)
 

@@ -35,7 +35,6 @@ import os
 import shutil
 import time
 import weakref
-from typing import Literal
 
 import torch
 
@@ -43,7 +42,6 @@ from paralleldecode.decoding.layout import PAD, visibility
 
 log = logging.getLogger(__name__)
 
-CompileSetting = Literal["auto", "on", "off"]
 COMPILE_SETTINGS = ("auto", "on", "off")
 ENV = "PARALLELDECODE_COMPILE"
 
