@@ -25,6 +25,7 @@ Streams of one call may have their own token budget and stop strings (one
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -51,6 +52,7 @@ from paralleldecode.decoding.layout import (
     layout_mask,
     prefill_mask,
 )
+from paralleldecode.decoding.packed import PackedLinears, available
 from paralleldecode.models.crossbatch_lm import states_to_mix
 from paralleldecode.models.loading import cache_keyword
 
@@ -233,6 +235,10 @@ class DecodingEngine:
         if compile in ("on", True) and not on:
             log.warning("compile: decoding eagerly: %s", self.compile_note)
         self.steps = StepCompiler.for_model(model) if on and mixer is None else None
+        # The same setting routes the eager passes' linears through packed oneDNN weights.
+        self.packed = PackedLinears.for_model(model, prefill_chunk) if on and available(model) is None else None
+        if self.packed is not None:
+            self.compile_note += "; eager passes (prefill) with packed oneDNN linears"
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # Read once from the installed transformers: `cache` where it exists.
         self.cache_keyword = cache_keyword(model)
@@ -603,9 +609,10 @@ class DecodingEngine:
         if mask is not None:
             dtype = next(self.model.parameters()).dtype
             kwargs.update(position_ids=positions, attention_mask=additive(mask, dtype))
-        if self.mixer is None:
-            return self.model(**kwargs, logits_to_keep=keep).logits.float()
-        hidden = states_to_mix(self.model, self.mix_layer, **kwargs)
+        with self.packed.routed() if self.packed is not None else contextlib.nullcontext():
+            if self.mixer is None:
+                return self.model(**kwargs, logits_to_keep=keep).logits.float()
+            hidden = states_to_mix(self.model, self.mix_layer, **kwargs)
         if isinstance(keep, torch.Tensor):
             return hidden[:, keep]
         return hidden if keep == 0 else hidden[:, -keep:]

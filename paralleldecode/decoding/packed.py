@@ -1,0 +1,135 @@
+"""The model's linear layers through oneDNN with their weights packed once (CPU).
+
+On a CPU, an eager ``nn.Linear`` in float32 goes to the BLAS torch was built with (MKL);
+on the AMD machines this package is measured on, MKL takes a generic path and reaches
+150-190 GFLOP/s on the embedded model's shapes, where oneDNN's kernel over a weight
+reordered once into its blocked layout reaches 330-420 (2 cores, AVX-512; outputs equal to
+fp32 rounding). The prefill is a stack of such matmuls over hundreds of rows, so the engine
+runs its eager forward passes (the prefill, and the steps the compiled graph does not take)
+with every plain ``nn.Linear`` of the model calling ``mkldnn._linear_pointwise`` on its
+packed weight. The compiled decoding step does not use them: inductor packs its own.
+
+A weight is packed the first time it is used and again whenever it changed (a new tensor,
+or the same one written in place, e.g. by an optimizer step), so training between calls
+needs nothing. The output embedding is left alone (the prefill computes a few rows of it;
+packing it would copy the largest matrix for nothing), as are modules that are not exactly
+``nn.Linear`` (quantised layers, adapters: a PEFT adapter's base layer is a plain one and is
+packed, its low-rank part runs as it is) and modules whose ``forward`` someone else already
+replaced. The packed copies cost the weights' bytes once more.
+
+Shapes: a linear layer maps ``(..., I)`` to ``(..., O)`` with its ``(O, I)`` weight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import weakref
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# oneDNN's linear kernel packs for these dtypes; others keep the module's own forward.
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def available(model) -> str | None:
+    """Why ``model``'s linears cannot be packed, or None when they can."""
+    parameter = next(model.parameters())
+    if parameter.device.type != "cpu":
+        return f"packed linears are a CPU kernel; the model is on {parameter.device.type}"
+    if not torch.backends.mkldnn.is_available():
+        return "this torch build has no oneDNN (mkldnn)"
+    if parameter.dtype not in PACKED_DTYPES:
+        return f"packed linears take float32 or bfloat16 weights, not {parameter.dtype}"
+    return None
+
+
+class PackedLinears:
+    """Packed weights for one model's linear layers, and a context that routes them there.
+
+    One object per model (:meth:`for_model`), shared by every engine over it; the context
+    nests and is safe across threads (the modules stay routed while any caller is inside).
+
+    Args:
+        model: the causal LM whose ``nn.Linear`` modules to route.
+        rows_hint: the rows a call usually has (the prefill chunk); oneDNN picks the packed
+            layout for it, any row count is still computed correctly.
+    """
+
+    _shared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init__(self, model, rows_hint: int = 512) -> None:
+        skip = model.get_output_embeddings()
+        self.modules = [m for m in model.modules()
+                        if type(m) is torch.nn.Linear and m is not skip and m.weight.dtype in PACKED_DTYPES]
+        self.rows_hint = rows_hint
+        self._packed: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self._routed: list[torch.nn.Linear] = []
+        self._depth = 0
+        self._lock = threading.Lock()
+        self.failed: str | None = None
+
+    @classmethod
+    def for_model(cls, model, rows_hint: int = 512) -> PackedLinears:
+        """The model's shared instance."""
+        if model not in cls._shared:
+            cls._shared[model] = cls(model, rows_hint)
+        return cls._shared[model]
+
+    def weight(self, module: torch.nn.Linear) -> torch.Tensor:
+        """``module``'s packed weight, packed again when the weight changed since."""
+        w = module.weight
+        key = (w.data_ptr(), w._version, tuple(w.shape), w.dtype)
+        held = self._packed.get(id(module))
+        if held is None or held[0] != key:
+            with torch.no_grad():
+                held = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), self.rows_hint))
+            self._packed[id(module)] = held
+        return held[1]
+
+    def _forward(self, module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != module.weight.dtype or torch.is_grad_enabled():
+            return torch.nn.functional.linear(x, module.weight, module.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight(module), module.bias, "none", [], "")
+
+    def _route(self) -> None:
+        if self.failed is None:
+            try:  # one small pack shows whether the kernel exists here at all
+                if self.modules:
+                    self.weight(self.modules[0])
+            except (RuntimeError, NotImplementedError) as err:
+                self.failed = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+                log.warning("packed linears: keeping the modules' own matmuls (%s)", self.failed)
+        if self.failed is not None:
+            return
+        for m in self.modules:
+            if "forward" not in m.__dict__:
+                m.forward = functools.partial(self._forward, m)
+                self._routed.append(m)
+
+    def _unroute(self) -> None:
+        for m in self._routed:
+            del m.forward
+        self._routed = []
+
+    @contextlib.contextmanager
+    def routed(self):
+        """Inside, the model's linears compute with their packed weights (no autograd)."""
+        with self._lock:
+            if self._depth == 0:
+                self._route()
+            self._depth += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._unroute()
+
+
+__all__ = ["PACKED_DTYPES", "PackedLinears", "available"]
