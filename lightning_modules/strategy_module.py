@@ -162,7 +162,9 @@ class StrategyModule(L.LightningModule):
         prefill_chunk: most prompt tokens per row in one prefill forward pass.
         compile: ``auto``, ``on`` or ``off``: decode with compiled steps
             (:mod:`paralleldecode.decoding.compiled`; ``auto`` compiles a model of 50M
-            parameters or more on a CPU). The graphs compile before the first group; the
+            parameters or more on a CPU; where steps compile, the prefill's linears run on
+            packed oneDNN weights, :mod:`paralleldecode.decoding.packed`). The graphs compile
+            before the first group; the
             seconds that took are ``compile_seconds`` in every strategy's summary, never part
             of a group's time. Answers do not change.
         resume: continue the run whose outputs ``output_dir`` holds: every strategy and
