@@ -83,7 +83,11 @@ class PackedLinears:
     def weight(self, module: torch.nn.Linear) -> torch.Tensor:
         """``module``'s packed weight, packed again when the weight changed since."""
         w = module.weight
-        key = (w.data_ptr(), w._version, tuple(w.shape), w.dtype)
+        try:
+            version = w._version
+        except RuntimeError:  # an inference tensor has no version counter: only a new one is seen
+            version = -1
+        key = (w.data_ptr(), version, tuple(w.shape), w.dtype)
         held = self._packed.get(id(module))
         if held is None or held[0] != key:
             with torch.no_grad():
@@ -92,8 +96,10 @@ class PackedLinears:
         return held[1]
 
     def _forward(self, module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != module.weight.dtype or torch.is_grad_enabled():
-            return torch.nn.functional.linear(x, module.weight, module.bias)
+        w = module.weight
+        if (torch.is_grad_enabled() or x.dtype != w.dtype or w.dtype not in PACKED_DTYPES
+                or x.device.type != "cpu" or w.device.type != "cpu"):  # moved or cast since
+            return torch.nn.functional.linear(x, w, module.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.weight(module), module.bias, "none", [], "")
 
     def _route(self) -> None:

@@ -63,6 +63,25 @@ def test_a_changed_weight_is_packed_again(llama):
     torch.testing.assert_close(after, plain, atol=1e-4, rtol=1e-4)
 
 
+def test_weights_cast_or_made_in_inference_mode(llama):
+    model, _ = llama
+    ids = torch.randint(5, 200, (2, 16))
+    packed = PackedLinears.for_model(model)
+    with packed.routed():
+        _logits(model, ids)  # packed in fp32
+    model.to(torch.bfloat16)  # cast after packing: packed again in bf16
+    with packed.routed():
+        bf16 = _logits(model, ids)
+    torch.testing.assert_close(bf16, _logits(model, ids), atol=0.05, rtol=0.05)
+    with torch.inference_mode():  # a weight made here is an inference tensor (no version counter)
+        layer = model.model.layers[0].mlp.gate_proj
+        layer.weight = torch.nn.Parameter(layer.weight * 0.5, requires_grad=False)
+    with packed.routed():
+        halved = _logits(model, ids)
+    assert not torch.allclose(halved, bf16, atol=0.05)
+    torch.testing.assert_close(halved, _logits(model, ids), atol=0.05, rtol=0.05)
+
+
 def test_nested_and_concurrent_callers_keep_the_modules_routed(llama):
     model, _ = llama
     packed = PackedLinears.for_model(model)
