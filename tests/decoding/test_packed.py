@@ -157,3 +157,25 @@ def test_chunked_shared_prefix_prefill_with_packed_linears(tiny_models):
     assert [s.token_ids for s in b.streams] == [s.token_ids for s in a.streams]
     torch.testing.assert_close(torch.stack([s.logits for s in b.streams]),
                                torch.stack([s.logits for s in a.streams]), atol=1e-4, rtol=1e-4)
+
+
+def test_a_peft_adapter_keeps_its_low_rank_part(llama):
+    """LoRA wraps the plain linear as its base layer: the base is packed, the adapter added."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = llama
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    ids = torch.randint(5, 200, (2, 20))
+    plain = _logits(lora, ids)
+    packed = PackedLinears.for_model(lora)
+    with packed.routed():
+        inside = _logits(lora, ids)
+    torch.testing.assert_close(inside, plain, atol=1e-4, rtol=1e-4)
+    bases = {m.base_layer for m in lora.modules() if hasattr(m, "lora_A")}
+    assert bases and bases <= set(packed.modules)
+    with torch.no_grad():
+        lora.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight.mul_(5.0)
+    with packed.routed():
+        changed = _logits(lora, ids)
+    torch.testing.assert_close(changed, _logits(lora, ids), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(changed, inside, atol=1e-3)
