@@ -18,6 +18,8 @@ from the previous turn), and the remaining prompt slots go through the model in 
 at most ``prefill_chunk`` query slots per row, so no tensor grows with rows x L x L. A
 single row whose leading slots form a plain causal sequence (a shared prefix, a lone
 prompt) sends those through the model's own causal path, with no explicit mask at all.
+Where the steps compile, these eager passes run the model's linears on packed oneDNN
+weights (:mod:`~paralleldecode.decoding.packed`).
 
 Streams of one call may have their own token budget and stop strings (one
 :class:`GenerationConfig` per stream), which is what lets several groups share a call.
