@@ -13,9 +13,9 @@ A weight is packed the first time it is used and again whenever it changed (a ne
 or the same one written in place, e.g. by an optimizer step), so training between calls
 needs nothing. The output embedding is left alone (the prefill computes a few rows of it;
 packing it would copy the largest matrix for nothing), as are modules that are not exactly
-``nn.Linear`` (quantised layers, adapters: a PEFT adapter's base layer is a plain one and is
-packed, its low-rank part runs as it is) and modules whose ``forward`` someone else already
-replaced. The packed copies cost the weights' bytes once more.
+``nn.Linear`` (quantised layers, a PEFT LoRA wrapper: its base layer and its two low-rank
+projections are plain ones and are packed, the wrapper adds them up as before) and modules
+whose ``forward`` someone else already replaced. The packed copies cost the weights' bytes once more.
 
 Shapes: a linear layer maps ``(..., I)`` to ``(..., O)`` with its ``(O, I)`` weight.
 """
