@@ -19,7 +19,8 @@ at most ``prefill_chunk`` query slots per row, so no tensor grows with rows x L 
 single row whose leading slots form a plain causal sequence (a shared prefix, a lone
 prompt) sends those through the model's own causal path, with no explicit mask at all.
 Where the steps compile, these eager passes run the model's linears on packed oneDNN
-weights (:mod:`~paralleldecode.decoding.packed`).
+weights (:mod:`~paralleldecode.decoding.packed`) and its masked attention as blocked oneDNN
+matmuls (:mod:`~paralleldecode.decoding.attention`).
 
 Streams of one call may have their own token budget and stop strings (one
 :class:`GenerationConfig` per stream), which is what lets several groups share a call.
@@ -36,6 +37,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from paralleldecode.decoding.attention import BlockedAttention
+from paralleldecode.decoding.attention import available as attention_available
 from paralleldecode.decoding.cache import (
     GrowingLayer,
     RowCache,
@@ -239,8 +242,13 @@ class DecodingEngine:
         self.steps = StepCompiler.for_model(model) if on and mixer is None else None
         # The same setting routes the eager passes' linears through packed oneDNN weights.
         self.packed = PackedLinears.for_model(model, prefill_chunk) if on and available(model) is None else None
+        # ... and their masked attention through blocked oneDNN matmuls (float32 sdpa models).
+        self.attention = BlockedAttention.for_model(model) if self.packed is not None and (
+            attention_available(model) is None) else None
         if self.packed is not None:
             self.compile_note += "; eager passes (prefill) with packed oneDNN linears"
+            if self.attention is not None:
+                self.compile_note += " and blocked attention"
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # Read once from the installed transformers: `cache` where it exists.
         self.cache_keyword = cache_keyword(model)
@@ -611,7 +619,10 @@ class DecodingEngine:
         if mask is not None:
             dtype = next(self.model.parameters()).dtype
             kwargs.update(position_ids=positions, attention_mask=additive(mask, dtype))
-        with self.packed.routed() if self.packed is not None else contextlib.nullcontext():
+        with contextlib.ExitStack() as kernels:
+            for router in (self.packed, self.attention):
+                if router is not None:
+                    kernels.enter_context(router.routed())
             if self.mixer is None:
                 return self.model(**kwargs, logits_to_keep=keep).logits.float()
             hidden = states_to_mix(self.model, self.mix_layer, **kwargs)

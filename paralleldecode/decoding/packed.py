@@ -48,7 +48,38 @@ def available(model) -> str | None:
     return None
 
 
-class PackedLinears:
+class Router:
+    """A routing that holds while any caller is inside :meth:`routed`: nested, and across
+    threads (one lock; the first caller in routes, the last one out undoes it)."""
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._lock = threading.Lock()
+
+    def _route(self) -> None:
+        raise NotImplementedError
+
+    def _unroute(self) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def routed(self):
+        """Inside, the routing holds (for :class:`PackedLinears`: the model's linears
+        compute with their packed weights, without autograd)."""
+        with self._lock:
+            if self._depth == 0:
+                self._route()
+            self._depth += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._unroute()
+
+
+class PackedLinears(Router):
     """Packed weights for one model's linear layers, and a context that routes them there.
 
     One object per model (:meth:`for_model`), shared by every engine over it; the context
@@ -66,11 +97,10 @@ class PackedLinears:
         skip = model.get_output_embeddings()
         self.modules = [m for m in model.modules()
                         if type(m) is torch.nn.Linear and m is not skip and m.weight.dtype in PACKED_DTYPES]
+        super().__init__()
         self.rows_hint = rows_hint
         self._packed: dict[int, tuple[tuple, torch.Tensor]] = {}
         self._routed: list[torch.nn.Linear] = []
-        self._depth = 0
-        self._lock = threading.Lock()
         self.failed: str | None = None
 
     @classmethod
@@ -122,20 +152,5 @@ class PackedLinears:
             del m.forward
         self._routed = []
 
-    @contextlib.contextmanager
-    def routed(self):
-        """Inside, the model's linears compute with their packed weights (no autograd)."""
-        with self._lock:
-            if self._depth == 0:
-                self._route()
-            self._depth += 1
-        try:
-            yield self
-        finally:
-            with self._lock:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._unroute()
 
-
-__all__ = ["PACKED_DTYPES", "PackedLinears", "available"]
+__all__ = ["PACKED_DTYPES", "PackedLinears", "Router", "available"]

@@ -1,0 +1,254 @@
+"""The eager passes' masked attention on the CPU as blocked oneDNN matmuls.
+
+torch's CPU flash-attention kernel does its block products with the BLAS torch was built
+with (MKL), which takes a generic path on the AMD machines this package is measured on. A
+prefill chunk of the embedded model (512 queries, 9 heads over 3 key/value heads, 4.7K keys)
+costs it 39 ms per layer; the same attention as two oneDNN matmuls and an in-place softmax
+per block of queries costs 22.5 ms (15.4 against 25.7 at 3K keys, 13.7 against 17.5 at 2K),
+outputs equal to fp32 rounding (1e-7 on unit-scale values). A 4.7K-token article's prefill
+spends most of its time there, so the engine's eager passes, where the steps compile, run
+the model's attention through :func:`blocked_attention`:
+
+* the queries of the heads that share a key/value head form the rows of one matmul against
+  that head's keys (no copy of the keys per query head);
+* queries go in blocks sized so that a block's scores (at most :data:`BLOCK_SCORES` floats)
+  stay in the cache between the two matmuls and the softmax;
+* the mask is applied only to the span of key columns that some query may not see (for a
+  causal chunk, its own last columns; for branches, from the first branch slot on), found
+  once per mask tensor and reused by every layer.
+
+Everything else goes to transformers' own sdpa function unchanged: no mask (the causal
+path, which sdpa's flash kernel does well), fewer than :data:`MIN_QUERIES` queries (the
+decoding steps), other dtypes or devices, gradients, dropout, soft-capping, a mask per
+head, a query that sees no key at all.
+
+Each block's scores are a fresh tensor of up to 8 MiB. glibc's malloc hands such sizes out as
+fresh pages and gives them back on free, so every block paid page faults and the kernel's
+zeroing: measured in the engine, the blocked attention of a 4.7K prefill took 8.5-10.6 s
+that way against 5.7-6.6 s with the pages kept. So the first routing raises glibc's mmap
+threshold to 64 MiB and its trim threshold to 512 MiB for the process (:func:`keep_freed_memory`;
+not where the ``MALLOC_*`` environment already sets them, or on another C library): freed blocks
+are reused from the heap, at the cost of up to 512 MiB of freed memory kept resident.
+
+The model is switched to this function by its attention-implementation name
+(:data:`NAME`, registered with transformers next to ``sdpa``, with sdpa's masks) inside
+:meth:`BlockedAttention.routed`, and back after. Only a model loaded with ``sdpa`` is
+switched.
+
+Shapes: ``B`` rows, ``H`` query heads over ``G`` key/value heads, ``Q`` queries, ``L`` keys,
+``D`` head size.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import weakref
+
+import torch
+
+from paralleldecode.decoding.packed import Router
+
+log = logging.getLogger(__name__)
+
+NAME = "paralleldecode_blocked"
+
+# Fewer queries than this (a decoding step) stay with sdpa's kernel.
+MIN_QUERIES = 64
+# A block's scores: 2M floats (8 MiB), measured fastest at 2K-4.7K keys on a 32 MiB L3.
+BLOCK_SCORES = 1 << 21
+
+_registered = False
+# (the mask, its version, its span): the layers of one forward share the mask tensor.
+_last_span: tuple | None = None
+
+
+def available(model) -> str | None:
+    """Why ``model``'s attention cannot be switched to :func:`blocked_attention`, or None."""
+    parameter = next(model.parameters())
+    config = model.config
+    if parameter.device.type != "cpu":
+        return f"blocked attention is a CPU kernel; the model is on {parameter.device.type}"
+    if not torch.backends.mkldnn.is_available():
+        return "this torch build has no oneDNN (mkldnn)"
+    if parameter.dtype != torch.float32:
+        return f"blocked attention computes float32, the model is {parameter.dtype}"
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return f"the model's attention is {getattr(config, '_attn_implementation', None)!r}, not sdpa"
+    if getattr(config, "sub_configs", None):
+        return "a model with sub-configs keeps its own attention"
+    return None
+
+
+def _sdpa(*args, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(*args, **kwargs)
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(NAME, blocked_attention)
+        AttentionMaskInterface.register(NAME, sdpa_mask)
+        _registered = True
+
+
+# glibc's mallopt parameters, and the values the first routing sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 64 << 20
+TRIM_THRESHOLD = 512 << 20
+_malloc_tuned: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Raise glibc malloc's mmap and trim thresholds (once per process; see the module
+    docstring). Returns whether they are raised; False on another C library or where the
+    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` environment chose already."""
+    global _malloc_tuned
+    if _malloc_tuned is None:
+        _malloc_tuned = False
+        if not any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+            glibc = "CS_GNU_LIBC_VERSION" in getattr(os, "confstr_names", {}) and os.confstr("CS_GNU_LIBC_VERSION")
+            try:
+                mallopt = ctypes.CDLL(None).mallopt if glibc else None
+            except (OSError, AttributeError, TypeError):
+                mallopt = None
+            if mallopt is not None:
+                _malloc_tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                                     and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+                log.info("blocked attention: glibc malloc keeps freed memory (mmap threshold %d MiB, "
+                         "trim threshold %d MiB): %s", MMAP_THRESHOLD >> 20, TRIM_THRESHOLD >> 20, _malloc_tuned)
+    return _malloc_tuned
+
+
+def _blocked(mask: torch.Tensor) -> torch.Tensor:
+    """``(..., Q, L)`` mask -> bool, True where a query may not see a key."""
+    return ~mask if mask.dtype == torch.bool else mask != 0
+
+
+def masked_span(mask: torch.Tensor) -> tuple[int, int] | None:
+    """The key columns ``[lo, hi)`` outside which the ``(B, 1, Q, L)`` mask lets every query
+    see every key, or None when some query sees no key (an additive mask's finite minimum
+    counts as seen, as it does for sdpa). Computed once per mask tensor."""
+    global _last_span
+    try:
+        version = mask._version
+    except RuntimeError:  # an inference tensor: no version counter
+        version = -1
+    held = _last_span
+    if held is not None and held[0]() is mask and held[1] == version:
+        return held[2]
+    if mask.dtype == torch.bool:
+        blind = bool((~mask.any(-1)).any())
+    else:
+        blind = bool(torch.isneginf(mask).all(-1).any())
+    span = None
+    if not blind:
+        columns = _blocked(mask).flatten(0, -2).any(0).nonzero()
+        span = (int(columns[0]), int(columns[-1]) + 1) if len(columns) else (0, 0)
+    _last_span = (weakref.ref(mask), version, span)
+    return span
+
+
+def _takes(query, key, value, mask, dropout, kwargs) -> bool:
+    b, h, q, _ = query.shape
+    return (mask is not None and isinstance(mask, torch.Tensor) and mask.dim() == 4
+            and mask.shape[1] == 1 and mask.shape[0] in (1, b) and tuple(mask.shape[2:]) == (q, key.shape[2])
+            and q >= MIN_QUERIES and not torch.is_grad_enabled() and not dropout
+            and query.device.type == "cpu" and query.dtype == key.dtype == value.dtype == torch.float32
+            and key.shape[0] == b and h % key.shape[1] == 0
+            and kwargs.get("softcap") is None and kwargs.get("position_bias") is None)
+
+
+def blocked_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, dropout: float = 0.0,
+                      scaling: float | None = None, is_causal: bool | None = None,
+                      **kwargs) -> tuple[torch.Tensor, None]:
+    """Masked attention with transformers' attention-function signature.
+
+    Args:
+        query: ``(B, H, Q, D)``; key, value: ``(B, G, L, D)`` with ``H`` a multiple of ``G``.
+        attention_mask: ``(B or 1, 1, Q, L)``, bool (True = may see) or additive float.
+
+    Returns:
+        ``((B, Q, H, D)`` output, None) as transformers' sdpa function returns it; calls
+        that function itself for whatever this kernel does not take (module docstring).
+    """
+    span = masked_span(attention_mask) if _takes(query, key, value, attention_mask, dropout, kwargs) else None
+    if span is None:
+        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                     is_causal=is_causal, **kwargs)
+    lo, hi = span
+    b, h, q, d = query.shape
+    groups, keys = key.shape[1], key.shape[2]
+    per = h // groups
+    scale = scaling if scaling is not None else d ** -0.5
+    rows = max(1, min(q, BLOCK_SCORES // (per * keys)))
+    linear = torch.ops.mkldnn._linear_pointwise
+    out = query.new_empty(b, q, h, d)
+    scaled = (query * scale).transpose(1, 2)  # (B, Q, H, D)
+    for i in range(b):
+        mask = attention_mask[min(i, attention_mask.shape[0] - 1), 0, :, lo:hi]  # (Q, hi - lo)
+        blocked = _blocked(mask) if mask.dtype == torch.bool else None
+        for g in range(groups):
+            heads = slice(g * per, (g + 1) * per)
+            k = key[i, g].contiguous()  # (L, D): the scores are queries @ k.T
+            vt = value[i, g].t().contiguous()  # (D, L): the output is scores @ vt.T
+            for a in range(0, q, rows):
+                z = min(a + rows, q)
+                block = scaled[i, a:z, heads].transpose(0, 1).reshape(per * (z - a), d)
+                scores = linear(block, k, None, "none", [], "").view(per, z - a, keys)
+                if hi > lo:
+                    if blocked is not None:
+                        scores[:, :, lo:hi].masked_fill_(blocked[a:z], float("-inf"))
+                    else:
+                        scores[:, :, lo:hi].add_(mask[a:z])
+                torch.softmax(scores, -1, out=scores)
+                o = linear(scores.view(per * (z - a), keys), vt, None, "none", [], "")
+                out[i, a:z, heads] = o.view(per, z - a, d).transpose(0, 1)
+    return out, None
+
+
+class BlockedAttention(Router):
+    """Switches one model's attention to :func:`blocked_attention` inside :meth:`routed`.
+
+    One object per model (:meth:`for_model`), shared by its engines; nests and holds across
+    threads like :class:`~paralleldecode.decoding.packed.PackedLinears`. The switch is the
+    model config's attention-implementation name, so a compiled graph traced under ``sdpa``
+    must not run while it holds (the engine routes only its eager passes).
+    """
+
+    _shared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.config = model.config
+        self._was: str | None = None
+
+    @classmethod
+    def for_model(cls, model) -> BlockedAttention:
+        """The model's shared instance."""
+        if model not in cls._shared:
+            cls._shared[model] = cls(model)
+        return cls._shared[model]
+
+    def _route(self) -> None:
+        if self.config._attn_implementation == "sdpa":
+            _register()
+            keep_freed_memory()
+            self._was = self.config._attn_implementation
+            self.config._attn_implementation = NAME
+
+    def _unroute(self) -> None:
+        if self._was is not None:
+            self.config._attn_implementation = self._was
+            self._was = None
+
+
+__all__ = ["BLOCK_SCORES", "BlockedAttention", "MIN_QUERIES", "NAME", "available", "blocked_attention",
+           "keep_freed_memory", "masked_span"]
