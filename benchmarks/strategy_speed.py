@@ -85,6 +85,7 @@ import torch
 from paralleldecode.data.records import QuestionGroup
 from paralleldecode.data.registry import load_groups
 from paralleldecode.decoding import DecodingEngine, GenerationConfig, independent_rows
+from paralleldecode.decoding.attention import release_freed_memory
 from paralleldecode.models.loading import DEFAULT_MODEL, cache_keyword, load_causal_lm
 from paralleldecode.prompts import ONE_ANSWER, PromptRenderer, one_question
 from paralleldecode.strategies import Cost, GroupRun, RunContext, get_strategy
@@ -162,7 +163,9 @@ def article_groups(data: str, g: int, count: int, seed: int, ctx: RunContext,
 
 class PeakMemory:
     """Peak memory above the level at the start, while the block runs: resident set size,
-    sampled every few milliseconds from /proc (CPU), or the allocator's peak (CUDA)."""
+    sampled every few milliseconds from /proc (CPU), or the allocator's peak (CUDA). On the
+    CPU, memory that malloc kept after earlier rows freed it (the blocked attention raises
+    glibc's trim threshold) is handed back first, so it is not counted in the start level."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
@@ -179,6 +182,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
             return self
+        release_freed_memory()
         self.start = self.top = self.rss()
         self._stop = threading.Event()
 

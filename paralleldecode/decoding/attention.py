@@ -105,6 +105,16 @@ TRIM_THRESHOLD = 512 << 20
 _malloc_tuned: bool | None = None
 
 
+def _glibc():
+    """The process's C library when it is glibc, else None."""
+    if "CS_GNU_LIBC_VERSION" not in getattr(os, "confstr_names", {}) or not os.confstr("CS_GNU_LIBC_VERSION"):
+        return None
+    try:
+        return ctypes.CDLL(None)
+    except (OSError, TypeError):
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Raise glibc malloc's mmap and trim thresholds (once per process; see the module
     docstring). Returns whether they are raised; False on another C library or where the
@@ -112,18 +122,21 @@ def keep_freed_memory() -> bool:
     global _malloc_tuned
     if _malloc_tuned is None:
         _malloc_tuned = False
-        if not any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
-            glibc = "CS_GNU_LIBC_VERSION" in getattr(os, "confstr_names", {}) and os.confstr("CS_GNU_LIBC_VERSION")
-            try:
-                mallopt = ctypes.CDLL(None).mallopt if glibc else None
-            except (OSError, AttributeError, TypeError):
-                mallopt = None
-            if mallopt is not None:
-                _malloc_tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                                     and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-                log.info("blocked attention: glibc malloc keeps freed memory (mmap threshold %d MiB, "
-                         "trim threshold %d MiB): %s", MMAP_THRESHOLD >> 20, TRIM_THRESHOLD >> 20, _malloc_tuned)
+        libc = _glibc()
+        if libc is not None and not any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+            _malloc_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                                 and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+            log.info("blocked attention: glibc malloc keeps freed memory (mmap threshold %d MiB, "
+                     "trim threshold %d MiB): %s", MMAP_THRESHOLD >> 20, TRIM_THRESHOLD >> 20, _malloc_tuned)
     return _malloc_tuned
+
+
+def release_freed_memory() -> None:
+    """Hand the memory malloc keeps after :func:`keep_freed_memory` back to the system now
+    (glibc's ``malloc_trim``; nothing elsewhere), e.g. before measuring resident memory."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _blocked(mask: torch.Tensor) -> torch.Tensor:
@@ -251,4 +264,4 @@ class BlockedAttention(Router):
 
 
 __all__ = ["BLOCK_SCORES", "BlockedAttention", "MIN_QUERIES", "NAME", "available", "blocked_attention",
-           "keep_freed_memory", "masked_span"]
+           "keep_freed_memory", "masked_span", "release_freed_memory"]
