@@ -85,7 +85,7 @@ import torch
 from paralleldecode.data.records import QuestionGroup
 from paralleldecode.data.registry import load_groups
 from paralleldecode.decoding import DecodingEngine, GenerationConfig, independent_rows
-from paralleldecode.decoding.attention import release_freed_memory
+from paralleldecode.decoding.attention import malloc_in_use
 from paralleldecode.models.loading import DEFAULT_MODEL, cache_keyword, load_causal_lm
 from paralleldecode.prompts import ONE_ANSWER, PromptRenderer, one_question
 from paralleldecode.strategies import Cost, GroupRun, RunContext, get_strategy
@@ -162,17 +162,21 @@ def article_groups(data: str, g: int, count: int, seed: int, ctx: RunContext,
 
 
 class PeakMemory:
-    """Peak memory above the level at the start, while the block runs: resident set size,
-    sampled every few milliseconds from /proc (CPU), or the allocator's peak (CUDA). On the
-    CPU, memory that malloc kept after earlier rows freed it (the blocked attention raises
-    glibc's trim threshold) is handed back first, so it is not counted in the start level."""
+    """Peak memory above the level at the start, while the block runs: on a CPU the bytes
+    glibc's malloc holds in use (``mallinfo2``), else the resident set size, sampled every few
+    milliseconds; on CUDA the allocator's peak. Not the resident set where malloc is glibc's:
+    the blocked attention lets malloc keep freed memory, which a later row would then find
+    resident at its start and not count."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self.peak = 0
 
     @staticmethod
-    def rss() -> int:
+    def level() -> int:
+        in_use = malloc_in_use()
+        if in_use is not None:
+            return in_use
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -182,13 +186,12 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
             return self
-        release_freed_memory()
-        self.start = self.top = self.rss()
+        self.start = self.top = self.level()
         self._stop = threading.Event()
 
         def sample() -> None:
             while not self._stop.wait(0.003):
-                self.top = max(self.top, self.rss())
+                self.top = max(self.top, self.level())
 
         self._thread = threading.Thread(target=sample, daemon=True)
         self._thread.start()
@@ -201,7 +204,7 @@ class PeakMemory:
             return
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.top, self.rss()) - self.start
+        self.peak = max(self.top, self.level()) - self.start
 
 
 class HFGenerate:

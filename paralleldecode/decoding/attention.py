@@ -131,12 +131,21 @@ def keep_freed_memory() -> bool:
     return _malloc_tuned
 
 
-def release_freed_memory() -> None:
-    """Hand the memory malloc keeps after :func:`keep_freed_memory` back to the system now
-    (glibc's ``malloc_trim``; nothing elsewhere), e.g. before measuring resident memory."""
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def malloc_in_use() -> int | None:
+    """Bytes glibc's malloc has handed out and not had back (all arenas, ``mallinfo2``), or
+    None on another C library. Unlike the resident set, this does not count the freed
+    memory that :func:`keep_freed_memory` lets malloc keep."""
     libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
 
 
 def _blocked(mask: torch.Tensor) -> torch.Tensor:
@@ -236,19 +245,10 @@ class BlockedAttention(Router):
     must not run while it holds (the engine routes only its eager passes).
     """
 
-    _shared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
     def __init__(self, model) -> None:
         super().__init__()
         self.config = model.config
         self._was: str | None = None
-
-    @classmethod
-    def for_model(cls, model) -> BlockedAttention:
-        """The model's shared instance."""
-        if model not in cls._shared:
-            cls._shared[model] = cls(model)
-        return cls._shared[model]
 
     def _route(self) -> None:
         if self.config._attn_implementation == "sdpa":
@@ -264,4 +264,4 @@ class BlockedAttention(Router):
 
 
 __all__ = ["BLOCK_SCORES", "BlockedAttention", "MIN_QUERIES", "NAME", "available", "blocked_attention",
-           "keep_freed_memory", "masked_span", "release_freed_memory"]
+           "keep_freed_memory", "malloc_in_use", "masked_span"]

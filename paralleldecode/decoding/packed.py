@@ -50,11 +50,25 @@ def available(model) -> str | None:
 
 class Router:
     """A routing that holds while any caller is inside :meth:`routed`: nested, and across
-    threads (one lock; the first caller in routes, the last one out undoes it)."""
+    threads (one lock; the first caller in routes, the last one out undoes it). One
+    instance per model and subclass (:meth:`for_model`), shared by the model's engines."""
+
+    _shared: weakref.WeakKeyDictionary
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._shared = weakref.WeakKeyDictionary()
 
     def __init__(self) -> None:
         self._depth = 0
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_model(cls, model, *args, **kwargs):
+        """The model's shared instance (made with these arguments the first time)."""
+        if model not in cls._shared:
+            cls._shared[model] = cls(model, *args, **kwargs)
+        return cls._shared[model]
 
     def _route(self) -> None:
         raise NotImplementedError
@@ -91,8 +105,6 @@ class PackedLinears(Router):
             layout for it, any row count is still computed correctly.
     """
 
-    _shared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
     def __init__(self, model, rows_hint: int = 512) -> None:
         skip = model.get_output_embeddings()
         self.modules = [m for m in model.modules()
@@ -102,13 +114,6 @@ class PackedLinears(Router):
         self._packed: dict[int, tuple[tuple, torch.Tensor]] = {}
         self._routed: list[torch.nn.Linear] = []
         self.failed: str | None = None
-
-    @classmethod
-    def for_model(cls, model, rows_hint: int = 512) -> PackedLinears:
-        """The model's shared instance."""
-        if model not in cls._shared:
-            cls._shared[model] = cls(model, rows_hint)
-        return cls._shared[model]
 
     def weight(self, module: torch.nn.Linear) -> torch.Tensor:
         """``module``'s packed weight, packed again when the weight changed since."""
