@@ -85,7 +85,6 @@ import torch
 from paralleldecode.data.records import QuestionGroup
 from paralleldecode.data.registry import load_groups
 from paralleldecode.decoding import DecodingEngine, GenerationConfig, independent_rows
-from paralleldecode.decoding.attention import malloc_in_use
 from paralleldecode.models.loading import DEFAULT_MODEL, cache_keyword, load_causal_lm
 from paralleldecode.prompts import ONE_ANSWER, PromptRenderer, one_question
 from paralleldecode.strategies import Cost, GroupRun, RunContext, get_strategy
@@ -162,21 +161,21 @@ def article_groups(data: str, g: int, count: int, seed: int, ctx: RunContext,
 
 
 class PeakMemory:
-    """Peak memory above the level at the start, while the block runs: on a CPU the bytes
-    glibc's malloc holds in use (``mallinfo2``), else the resident set size, sampled every few
-    milliseconds; on CUDA the allocator's peak. Not the resident set where malloc is glibc's:
-    the blocked attention lets malloc keep freed memory, which a later row would then find
-    resident at its start and not count."""
+    """Peak memory above the level at the start, while the block runs: resident set size,
+    sampled every few milliseconds from /proc (CPU), or the allocator's peak (CUDA).
+
+    Where the blocked attention runs, glibc's malloc keeps freed memory resident, so a block
+    may find at its start memory an earlier one freed and count less than it used. Neither
+    trimming the heap before each block (every group then faults its pages in again: 0.5-1 s
+    of a 4.7K-token group) nor sampling malloc's bytes in use (its lock nearly doubled a
+    prefill) measures without changing the time, so the resident set stays."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self.peak = 0
 
     @staticmethod
-    def level() -> int:
-        in_use = malloc_in_use()
-        if in_use is not None:
-            return in_use
+    def rss() -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -186,12 +185,12 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
             return self
-        self.start = self.top = self.level()
+        self.start = self.top = self.rss()
         self._stop = threading.Event()
 
         def sample() -> None:
             while not self._stop.wait(0.003):
-                self.top = max(self.top, self.level())
+                self.top = max(self.top, self.rss())
 
         self._thread = threading.Thread(target=sample, daemon=True)
         self._thread.start()
@@ -204,7 +203,7 @@ class PeakMemory:
             return
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.top, self.level()) - self.start
+        self.peak = max(self.top, self.rss()) - self.start
 
 
 class HFGenerate:

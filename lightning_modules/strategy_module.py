@@ -163,9 +163,11 @@ class StrategyModule(L.LightningModule):
         compile: ``auto``, ``on`` or ``off``: decode with compiled steps
             (:mod:`paralleldecode.decoding.compiled`; ``auto`` compiles a model of 50M
             parameters or more on a CPU; where steps compile, the prefill's linears run on
-            packed oneDNN weights, :mod:`paralleldecode.decoding.packed`). The graphs compile
-            before the first group; the seconds that took are ``compile_seconds`` in every
-            strategy's summary, never part of a group's time. Answers do not change.
+            packed oneDNN weights, :mod:`paralleldecode.decoding.packed`, and its masked
+            attention as blocked oneDNN matmuls, :mod:`paralleldecode.decoding.attention`).
+            The graphs compile before the first group; the seconds that took are
+            ``compile_seconds`` in every strategy's summary, never part of a group's time.
+            Answers do not change.
         resume: continue the run whose outputs ``output_dir`` holds: every strategy and
             group already answered there is kept as it was, only the rest is computed.
         on_error: ``record`` (a strategy failing on one group records that group's

@@ -131,23 +131,6 @@ def keep_freed_memory() -> bool:
     return _malloc_tuned
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-def malloc_in_use() -> int | None:
-    """Bytes glibc's malloc has handed out and not had back (all arenas, ``mallinfo2``), or
-    None on another C library. Unlike the resident set, this does not count the freed
-    memory that :func:`keep_freed_memory` lets malloc keep."""
-    libc = _glibc()
-    if libc is None or not hasattr(libc, "mallinfo2"):
-        return None
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
-    return info.uordblks + info.hblkhd
-
-
 def _blocked(mask: torch.Tensor) -> torch.Tensor:
     """``(..., Q, L)`` mask -> bool, True where a query may not see a key."""
     return ~mask if mask.dtype == torch.bool else mask != 0
@@ -264,4 +247,4 @@ class BlockedAttention(Router):
 
 
 __all__ = ["BLOCK_SCORES", "BlockedAttention", "MIN_QUERIES", "NAME", "available", "blocked_attention",
-           "keep_freed_memory", "malloc_in_use", "masked_span"]
+           "keep_freed_memory", "masked_span"]

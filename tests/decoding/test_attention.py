@@ -185,8 +185,3 @@ def test_malloc_keeps_freed_blocks_unless_the_environment_chose(monkeypatch):
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     assert attention.keep_freed_memory() is True
-    before = attention.malloc_in_use()
-    block = torch.empty(64 << 20, dtype=torch.uint8)  # 64 MiB from malloc
-    assert attention.malloc_in_use() - before >= 64 << 20
-    del block
-    assert attention.malloc_in_use() - before < 1 << 20  # freed, even if kept resident
