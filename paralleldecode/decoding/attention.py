@@ -199,7 +199,7 @@ def blocked_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     scaled = (query * scale).transpose(1, 2)  # (B, Q, H, D)
     for i in range(b):
         mask = attention_mask[min(i, attention_mask.shape[0] - 1), 0, :, lo:hi]  # (Q, hi - lo)
-        blocked = _blocked(mask) if mask.dtype == torch.bool else None
+        blocked = ~mask if mask.dtype == torch.bool else None  # True where a query may not see
         for g in range(groups):
             heads = slice(g * per, (g + 1) * per)
             k = key[i, g].contiguous()  # (L, D): the scores are queries @ k.T
@@ -231,19 +231,16 @@ class BlockedAttention(Router):
     def __init__(self, model) -> None:
         super().__init__()
         self.config = model.config
-        self._was: str | None = None
 
     def _route(self) -> None:
         if self.config._attn_implementation == "sdpa":
             _register()
             keep_freed_memory()
-            self._was = self.config._attn_implementation
             self.config._attn_implementation = NAME
 
     def _unroute(self) -> None:
-        if self._was is not None:
-            self.config._attn_implementation = self._was
-            self._was = None
+        if self.config._attn_implementation == NAME:
+            self.config._attn_implementation = "sdpa"
 
 
 __all__ = ["BLOCK_SCORES", "BlockedAttention", "MIN_QUERIES", "NAME", "available", "blocked_attention",

@@ -134,14 +134,6 @@ def test_models_it_does_not_switch_are_named(tiny_models, llama):
         assert eager.config._attn_implementation == "eager"
 
 
-def test_engine_switches_where_it_compiles(llama):
-    model, tok = llama
-    assert DecodingEngine(model, tok, compile="off").attention is None
-    on = DecodingEngine(model, tok, compile="on")
-    assert on.attention is BlockedAttention.for_model(model)
-    assert "blocked attention" in on.compile_note
-
-
 def test_engine_prefill_with_blocked_attention_gives_the_plain_tokens(llama):
     """A shared prefix in chunks (the causal path, then transformers' chunk masks) and ten
     branches (the engine's masks) through the blocked kernel: the plain engine's tokens."""

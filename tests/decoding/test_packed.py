@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from paralleldecode.decoding import DecodingEngine, GenerationConfig, shared_prefix
+from paralleldecode.decoding.attention import BlockedAttention
 from paralleldecode.decoding.columnar import columnar_layout
 from paralleldecode.decoding.packed import PackedLinears, available
 from paralleldecode.models.loading import load_causal_lm
@@ -121,12 +122,14 @@ def test_unavailable_dtypes_are_named(llama):
     assert "float16" in available(model.half())
 
 
-def test_engine_packs_where_it_compiles(llama):
+def test_engine_packs_and_switches_attention_where_it_compiles(llama):
     model, tok = llama
-    assert DecodingEngine(model, tok, compile="off").packed is None
+    off = DecodingEngine(model, tok, compile="off")
+    assert off.packed is None and off.attention is None
     on = DecodingEngine(model, tok, compile="on")
     assert on.packed is PackedLinears.for_model(model)
-    assert "packed oneDNN linears" in on.compile_note
+    assert on.attention is BlockedAttention.for_model(model)
+    assert "packed oneDNN linears and blocked attention" in on.compile_note
 
 
 @pytest.mark.parametrize("isolate", [False, True])
