@@ -26,8 +26,10 @@ prefix cache keeps. Both are the package's own strategies run on a
 from ``.venv-vllm``, ``make vllm``; ``--vllm-python`` for another), so their prompts cannot
 differ; their replies are compared with ``batch``'s and ``sequential``'s, every table has a
 ``vs vllm`` ratio, and the server's start-up (compile included) is reported apart, never in
-per-group time. Without ``.venv-vllm`` the rows are skipped with one line saying how to get
-it.
+per-group time. vLLM's prefix cache is emptied before each of its rows' groups (and before
+each throughput pass): its rows reuse a prefix within a group as ``batch_cached`` and
+``sequential_cached`` do, never one that another row or an earlier repeat computed. Without
+``.venv-vllm`` the rows are skipped with one line saying how to get it.
 
 The engine's decoding steps are compiled (``--compile auto``, the package's default; see
 ``docs/engine.md``) before the first group, and the seconds that took are printed apart from
@@ -108,6 +110,8 @@ class PeerRow:
         self.name, self.strategy, self.ctx, self.external = name, strategy, ctx, external
 
     def run(self, group: QuestionGroup, _ctx: RunContext) -> GroupRun:
+        if self.external:  # start cold, as the package's engine does: no prefix from another row
+            self.ctx.engine.server.reset_prefix_cache()
         return self.strategy.run(group, self.ctx)
 
 
@@ -120,7 +124,8 @@ def start_vllm(names: list[str], args, model, tok, ctx: RunContext):
     try:
         version = vllm_version(args.vllm_python)
         dtype = str(model.dtype).removeprefix("torch.")
-        server = VLLMServer(args.model, python=args.vllm_python, dtype=dtype, kv_cache_gib=args.vllm_kv_gib).start()
+        server = VLLMServer(args.model, python=args.vllm_python, dtype=dtype, kv_cache_gib=args.vllm_kv_gib,
+                            resettable=True).start()
     except VLLMUnavailable as err:
         print(f"vllm rows skipped: {err}")
         return None, None
@@ -400,7 +405,7 @@ def throughput(groups: list[QuestionGroup], strategies, ctx: RunContext, packs: 
     out = {}
     for strat in strategies:
         if getattr(strat, "external", False):
-            out[strat.name] = peer_throughput(groups, strat, ctx)
+            out[strat.name] = peer_throughput(groups, strat)
             continue
         seconds = {1: 0.0, **{k: 0.0 for k in packs}}
         answers = {k: [] for k in seconds}
@@ -436,14 +441,21 @@ def throughput(groups: list[QuestionGroup], strategies, ctx: RunContext, packs: 
     return out
 
 
-def peer_throughput(groups: list[QuestionGroup], row: PeerRow, ctx: RunContext) -> dict:
+def peer_throughput(groups: list[QuestionGroup], row: PeerRow) -> dict:
     from paralleldecode.backends.vllm_server import run_many
 
+    # Each group one at a time from an empty prefix cache, and all at once from an empty one
+    # again (not reading what the first pass left), as the package's engine keeps nothing.
+    reset = row.ctx.engine.server.reset_prefix_cache
+    one, one_s = [], 0.0
+    for g in groups:
+        reset()
+        clock = Timer()
+        one.append(row.strategy.run(g, row.ctx))
+        one_s += clock()
+    reset()
     clock = Timer()
-    one = [row.run(g, ctx) for g in groups]
-    one_s = clock()
-    clock = Timer()
-    together = run_many([lambda g=g: row.run(g, ctx) for g in groups])
+    together = run_many([lambda g=g: row.strategy.run(g, row.ctx) for g in groups])
     together_s = clock()
     questions = sum(len(g) for g in groups)
     return {"questions": questions, "unpacked_questions_per_s": questions / one_s,

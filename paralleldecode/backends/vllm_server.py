@@ -9,6 +9,10 @@ Python runs on 127.0.0.1. Three pieces:
   Python with prefix caching on, waits until it answers, and stops it (its whole process
   group). On a CPU it uses every core (``VLLM_CPU_OMP_THREADS_BIND``, no reserved core) and a
   bounded KV space. A server that dies or never becomes ready raises one line naming its log.
+  Started ``resettable``, it also serves vLLM's development endpoints, of which
+  :meth:`VLLMServer.reset_prefix_cache` uses one: the benchmark empties vLLM's prefix cache
+  before each of its rows' groups, so no row reads a prefix another row or an earlier
+  repeat computed (the package's engine keeps nothing between calls either).
 * :class:`VLLMEngine` is the decoding engine's ``generate`` for independent rows, run by such
   a server on exact token-id prompts (``/v1/completions`` with ``prompt`` as ids, greedy, the
   same budget and stop strings). Put in a :class:`~paralleldecode.strategies.base.RunContext`
@@ -115,6 +119,8 @@ class VLLMServer:
         log_file: where the server's output goes (default: a new file in the temp folder).
         served_model_name: the name requests use (default: ``model``).
         extra_args: more command-line options for the server.
+        resettable: serve vLLM's development endpoints (``VLLM_SERVER_DEV_MODE``, on
+            127.0.0.1 only), which :meth:`reset_prefix_cache` needs.
 
     Attributes:
         startup_seconds: how long the last :meth:`start` took, compile included.
@@ -123,7 +129,8 @@ class VLLMServer:
     def __init__(self, model: str, python: str | Path | None = None, port: int | None = None,
                  dtype: str = "float32", max_model_len: int | None = None, kv_cache_gib: float = 4.0,
                  startup_timeout: float = 900.0, log_file: str | Path | None = None,
-                 served_model_name: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
+                 served_model_name: str | None = None, extra_args: tuple[str, ...] = (),
+                 resettable: bool = False) -> None:
         self.model = model
         self.python = Path(python) if python is not None else default_python()
         self.requested_port = port
@@ -135,6 +142,7 @@ class VLLMServer:
         self.log_file = Path(log_file) if log_file is not None else None
         self.served_model_name = served_model_name or model
         self.extra_args = tuple(extra_args)
+        self.resettable = resettable
         self.startup_seconds = 0.0
         self._proc: subprocess.Popen | None = None
 
@@ -151,7 +159,7 @@ class VLLMServer:
     def command(self, folder: str) -> list[str]:
         cmd = [str(self.python), "-m", SERVER_MODULE, "--model", folder, "--host", "127.0.0.1",
                "--port", str(self.port), "--dtype", self.dtype, "--served-model-name", self.served_model_name,
-               "--enable-prefix-caching", "--seed", "0",
+               "--enable-prefix-caching", "--enable-prompt-tokens-details", "--seed", "0",
                # The request's settings alone: no sampling defaults from the model's files.
                "--generation-config", "vllm"]
         if self.max_model_len is not None:
@@ -171,6 +179,8 @@ class VLLMServer:
         # has no attribute 'finalize_loading'"), so every start compiled again (~95 s here);
         # its regular compile cache does load (~45 s per start).
         env.setdefault("VLLM_USE_AOT_COMPILE", "0")
+        if self.resettable:
+            env["VLLM_SERVER_DEV_MODE"] = "1"
         return env
 
     def start(self) -> VLLMServer:
@@ -226,6 +236,31 @@ class VLLMServer:
                 raise VLLMUnavailable(f"the vLLM server did not become ready in {self.startup_timeout:g} s "
                                       f"(log: {self.log_file})")
             time.sleep(0.5)
+
+    def reset_prefix_cache(self, attempts: int = 20) -> None:
+        """Empty vLLM's prefix cache, so the next request computes its whole prompt.
+
+        vLLM refuses while a request still holds cache blocks; the call then retries, 50 ms
+        apart, up to ``attempts`` times.
+
+        Raises:
+            RuntimeError: the server is not running, was not started ``resettable``, or kept
+                refusing.
+        """
+        if not self.running:
+            raise RuntimeError("the vLLM server is not running; start it before resetting its prefix cache")
+        if not self.resettable:
+            raise RuntimeError("this vLLM server was started without resettable=True, so it does not serve "
+                               "/reset_prefix_cache")
+        url = f"http://127.0.0.1:{self.port}/reset_prefix_cache"
+        for _ in range(attempts):
+            request = urllib.request.Request(url, data=b"", method="POST")
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                if json.loads(reply.read() or b"{}").get("success", True):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"vLLM refused to reset its prefix cache {attempts} times (requests still running?); "
+                           f"log: {self.log_file}")
 
     def last_log_line(self) -> str:
         try:

@@ -1,7 +1,8 @@
 """vLLM through its own server: refusals that need no vLLM (fast), and the real server from
 ``.venv-vllm`` (slow; skipped with the reason where ``make vllm`` has not been run).
 
-The slow tests start vLLM's OpenAI server on 127.0.0.1 with the embedded model: the engine's
+The slow tests start vLLM's OpenAI server on 127.0.0.1 with the embedded model: a reset
+empties its prefix cache (what the benchmark does before each vLLM row's group); the engine's
 token-id prompts give ``batch``'s and ``sequential``'s replies exactly; ``paralleldecode
 predict`` runs every strategy the API back-end takes against it, records the answers asked
 while the server is down as failed, and asks only those again when resumed; the back-end that
@@ -75,6 +76,22 @@ def test_a_server_that_exits_or_never_answers_names_its_log(tiny_models, tmp_pat
     assert not server.running
 
 
+def test_a_prefix_cache_reset_needs_a_running_resettable_server(monkeypatch):
+    monkeypatch.delenv("VLLM_SERVER_DEV_MODE", raising=False)
+    with pytest.raises(RuntimeError, match="not running; start it"):
+        VLLMServer(MODEL, python=sys.executable, resettable=True).reset_prefix_cache()
+    assert VLLMServer(MODEL, python=sys.executable, resettable=True).environment()["VLLM_SERVER_DEV_MODE"] == "1"
+    plain = VLLMServer(MODEL, python=sys.executable)
+    assert "VLLM_SERVER_DEV_MODE" not in plain.environment()
+    plain._proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with pytest.raises(RuntimeError, match="without resettable=True"):
+            plain.reset_prefix_cache()
+    finally:
+        plain._proc.kill()
+        plain._proc.wait()
+
+
 # -- slow: the real server ------------------------------------------------------------------------
 
 
@@ -89,8 +106,29 @@ def _require_vllm() -> None:
 def server(tmp_path_factory):
     _require_vllm()
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    with VLLMServer(MODEL, log_file=log) as running:
+    with VLLMServer(MODEL, log_file=log, resettable=True) as running:
         yield running
+
+
+@pytest.mark.slow
+def test_a_reset_empties_the_prefix_cache(server):
+    from paralleldecode.decoding import GenerationConfig
+    from paralleldecode.models.loading import load_causal_lm
+
+    _, tok = load_causal_lm(MODEL)
+    engine = VLLMEngine(server, tok, None)
+    prompt = list(range(1000, 1400))  # 25 of vLLM's 16-token blocks
+    config = GenerationConfig(max_new_tokens=2)
+
+    def cached() -> int:
+        _, usage = engine.complete([prompt], config)
+        return usage["prompt_tokens_details"]["cached_tokens"]
+
+    server.reset_prefix_cache()
+    assert cached() == 0
+    assert cached() >= 384  # the same prompt again: all its full blocks were kept
+    server.reset_prefix_cache()
+    assert cached() == 0
 
 
 @pytest.mark.slow
