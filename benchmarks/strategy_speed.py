@@ -251,7 +251,8 @@ class HFGenerate:
             texts.append(ONE_ANSWER.prefix + (text[:cut] + ONE_ANSWER.close if cut >= 0 else text))
         prefill = (first[0] - start) if first else wall
         cost = Cost(prompt_tokens=sum(len(i) for i in ids), generated_tokens=generated,
-                    forward_passes=new.shape[1], wall_seconds=wall, decode_seconds=wall - prefill,
+                    forward_passes=new.shape[1], decode_passes=new.shape[1] - 1, wall_seconds=wall,
+                    decode_seconds=wall - prefill,
                     peak_cache_bytes=2 * model.config.num_hidden_layers * len(ids) * (width + new.shape[1])
                     * model.config.num_key_value_heads * _head_dim(model.config)
                     * next(model.parameters()).element_size())
@@ -324,7 +325,7 @@ def summarise(rows, peaks, answers, n_groups: int, weights: int, chunk_activatio
     for name, costs in rows.items():
         wall = sum(c.wall_seconds for c in costs)
         decode = sum(c.decode_seconds for c in costs)
-        steps = sum(c.forward_passes for c in costs) - sum(1 for _ in costs)
+        steps = sum(c.decode_passes for c in costs)
         kv = max(c.peak_cache_bytes for c in costs)
         peak = None if None in peaks[name] else max(peaks[name])
         figures[name] = {
@@ -338,8 +339,8 @@ def summarise(rows, peaks, answers, n_groups: int, weights: int, chunk_activatio
             "peak_memory_mib": None if peak is None else peak / 2**20,
             # Peak memory (weights included) against weights + KV + one prefill chunk's activations.
             "memory_vs_budget": None if peak is None else (weights + peak) / (weights + kv + chunk_activation),
-            # Decoding time per model call after prefills (sequential's calls each have a
-            # prefill too, so its figure is a per-call average of the decode phase).
+            # Decoding time per decoding step: every call's prefill passes (several for a
+            # chunked prefill) are left out of both.
             "decode_ms_per_step": 1000 * decode / max(steps, 1),
         }
     for fig in figures.values():

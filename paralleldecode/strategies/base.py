@@ -60,6 +60,8 @@ class Cost:
         prompt_tokens: prompt tokens the model actually processed (after any sharing).
         generated_tokens: tokens generated, stop tokens included.
         forward_passes: model calls (a group's share of calls it shared with other groups).
+        decode_passes: the part of them that were decoding steps, not prefill passes (a
+            chunked prefill is several calls).
         wall_seconds: wall time of the strategy on the group (its share of a packed batch's).
         decode_seconds: the part of it spent in decoding steps after prefills.
         peak_cache_bytes: the largest KV cache any of its generate calls held.
@@ -71,6 +73,7 @@ class Cost:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     forward_passes: float = 0
+    decode_passes: float = 0
     wall_seconds: float = 0.0
     decode_seconds: float = 0.0
     peak_cache_bytes: int = 0
@@ -83,6 +86,7 @@ class Cost:
         self.prompt_tokens += res.prompt_tokens_processed
         self.generated_tokens += res.generated_tokens
         self.forward_passes += res.forward_passes * res.share
+        self.decode_passes += (res.forward_passes - res.prefill_passes) * res.share
         self.decode_seconds += (res.wall_seconds - res.prefill_seconds) * res.share
         self.peak_cache_bytes = max(self.peak_cache_bytes, res.peak_cache_bytes)
         self.constraint_seconds += res.constraint_seconds

@@ -67,6 +67,18 @@ def test_branches_give_batch_answers_token_for_token(tiny_models, arch, attn):
     # The same decoding steps; the shared prefix is one more prefill call (the model's own
     # causal path, no mask) before the masked branches.
     assert one.cost.forward_passes == batch.cost.forward_passes + 1
+    # ... and the same decoding steps: only the prefill's passes differ.
+    assert one.cost.decode_passes == batch.cost.decode_passes == batch.cost.forward_passes - 1
+
+
+def test_a_chunked_prefill_counts_its_passes_apart_from_the_steps(tiny_models):
+    ctx = _ctx(tiny_models["llama"])
+    whole = get_strategy("one_sequence").run(GROUP, ctx)
+    ctx.engine.prefill_chunk = 16
+    chunked = get_strategy("one_sequence").run(GROUP, ctx)
+    assert [r.raw for r in chunked.results] == [r.raw for r in whole.results]
+    assert chunked.cost.forward_passes > whole.cost.forward_passes + 2
+    assert chunked.cost.decode_passes == whole.cost.decode_passes
 
 
 def test_branch_logits_equal_the_branch_alone(tiny_models):
