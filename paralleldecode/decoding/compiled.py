@@ -12,11 +12,12 @@ nothing in it depends on how far the sequence has grown, which is what lets
   the mask is computed inside the graph from it, by the same rule as the eager
   :func:`~paralleldecode.decoding.layout.step_mask`: a query sees its own stream's and the
   shared slots, and itself;
-* the step's width is fixed for the call (the most streams a row holds, at least 2): a
-  stream that finishes feeds a padding slot until the call ends, so shapes never change
-  within a call, and the buffers' length, the rows and the width are dynamic dimensions
-  (one graph serves every group; a single row and several rows are the two graphs, as
-  torch specialises a dimension of size 1).
+* the step's width is fixed for the call (the most streams a row holds; see
+  :func:`step_width`): a stream that finishes feeds a padding slot until the call ends, so
+  shapes never change within a call, and the buffers' length, the rows and the width are
+  dynamic dimensions (one graph serves every group; torch specialises a dimension of size 1,
+  so one row, several rows of one stream and several rows of several streams are the three
+  graphs).
 
 On CPU inductor compiles with ``freezing`` (the weights become constants and are prepacked
 for the matmul kernels; measured 38 ms per step instead of 56-71 eager on the embedded model
@@ -122,6 +123,23 @@ class SlotCache:
 
     def get_seq_length(self, layer_idx: int = 0) -> int:  # never asked: positions are explicit
         return 0
+
+
+def step_width(rows: int, per_row: int) -> int:
+    """The slots each row feeds per compiled step, for a call of ``rows`` rows whose fullest
+    row holds ``per_row`` streams: ``per_row``, except that a lone row feeds at least 2.
+
+    torch specialises a dimension of size 1, so the width and the rows each make a graph of
+    their own at 1. Three graphs serve every layout: one row (``sequential``, ``all_in_one``,
+    ``one_sequence``), several rows of one stream each (``batch``, ``batch_cached``) and
+    several rows of several streams (packed branches). A lone row of one stream feeds one
+    padding slot instead of a fourth graph: on the embedded model one row of one token
+    compiled apart measured slower (47 ms per step) than one row of two (30 ms), while rows
+    of one stream fed as two slots each doubled the step's tokens (5 rows: 49 against 36 ms).
+    """
+    if per_row == 1 and rows > 1:
+        return 1
+    return max(per_row, 2)
 
 
 def slot_step(model, ids: torch.Tensor, positions: torch.Tensor, query_owner: torch.Tensor,

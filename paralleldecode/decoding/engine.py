@@ -47,7 +47,7 @@ from paralleldecode.decoding.cache import (
     row_cache,
     stack_row_caches,
 )
-from paralleldecode.decoding.compiled import SlotBuffers, StepCompiler, resolve
+from paralleldecode.decoding.compiled import SlotBuffers, StepCompiler, resolve, step_width
 from paralleldecode.decoding.layout import (
     PAD,
     SHARED,
@@ -56,6 +56,8 @@ from paralleldecode.decoding.layout import (
     independent_rows,
     layout_mask,
     prefill_mask,
+    shared_prefix,
+    stack_layouts,
 )
 from paralleldecode.decoding.packed import PackedLinears, available
 from paralleldecode.models.crossbatch_lm import states_to_mix
@@ -260,16 +262,25 @@ class DecodingEngine:
             os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
 
     def warm_up(self) -> float:
-        """Compile the decoding step now, for one row and for several, so that no group's
-        time pays for it; returns the seconds compiling took (0 when the steps are eager
-        or already compiled)."""
+        """Compile the decoding step now, for each of its three graphs (one row, rows of one
+        stream, rows of several: see :func:`~paralleldecode.decoding.compiled.step_width`),
+        so that no group's time pays for it; returns the seconds compiling took (0 when the
+        steps are eager or already compiled)."""
         if self.steps is None:
             return 0.0
         spent = self.steps.compile_seconds
         token = self.pad_id if self.pad_id != self.tokenizer.eos_token_id else 0
         once = GenerationConfig(max_new_tokens=2, eos_token_ids=())
-        for rows in (1, 4):  # torch specialises a dimension of size 1: two graphs
-            self.generate(independent_rows([[token] * 3] * rows, self.pad_id), once)
+        layouts = [independent_rows([[token] * 3], self.pad_id), independent_rows([[token] * 3] * 4, self.pad_id)]
+        try:
+            self.require_branch_support()
+        except ValueError:  # no layout of this model puts several streams in a row
+            pass
+        else:
+            branches = shared_prefix([[token] * 3, [token] * 4], self.pad_id)
+            layouts.append(stack_layouts([branches, branches], self.pad_id))
+        for layout in layouts:
+            self.generate(layout, once)
         return self.steps.compile_seconds - spent
 
     @property
@@ -363,9 +374,10 @@ class DecodingEngine:
         # before a stream answers): room for all of them is reserved up front.
         per_row = int(layout.stream_row.bincount().max())
         steps = max(c.max_new_tokens for c in configs) + max((len(p) for p in layout.pending), default=0) + 1
-        # Compiled steps keep one width for the whole call (finished streams feed padding).
+        # Compiled steps keep one width for the whole call (finished streams feed padding):
+        # see `step_width`.
         slots = self.steps is not None and not layout.columnar
-        width = max(per_row, 2) if slots else 1
+        width = step_width(layout.input_ids.shape[0], per_row) if slots else 1
         compiling = self.steps.compile_seconds if slots else 0.0
         cache, key_owner, key_ids, key_col, picked, passes = self._prefill(
             layout, decode_tokens=max(per_row, width) * steps)

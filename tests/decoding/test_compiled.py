@@ -19,7 +19,7 @@ from paralleldecode.decoding import (
     shared_prefix,
     stack_layouts,
 )
-from paralleldecode.decoding.compiled import ENV, StepCompiler, resolve, unavailable
+from paralleldecode.decoding.compiled import ENV, StepCompiler, resolve, step_width, unavailable
 from paralleldecode.models.loading import load_causal_lm
 
 ARCHS = ["llama", "qwen2", "qwen3"]
@@ -91,15 +91,22 @@ def test_rows_from_a_prefix_cache_and_kept_caches(engines):
     _same(eager, compiled, lambda: independent_rows([turn], pad, past=[a.caches[0]]), greedy)
 
 
-def test_one_graph_per_row_count_serves_every_later_shape(engines):
+def test_the_warm_up_graphs_serve_every_later_shape(engines):
     _, compiled = engines["llama"]
     pad = compiled.pad_id
     compiled.warm_up()
     greedy = GenerationConfig(max_new_tokens=6, eos_token_ids=())
+
+    def packed(prompts, pad_id):
+        return stack_layouts([shared_prefix(prompts[:2], pad_id), shared_prefix(prompts, pad_id)], pad_id)
+
     for n in (2, 3, 5):
-        for layout in (independent_rows, shared_prefix):
+        for layout in (independent_rows, shared_prefix, packed):
             res = compiled.generate(layout(_prompts(compiled.tokenizer, n), pad), greedy)
             assert res.compiled and res.compile_seconds == 0.0, (n, layout.__name__)
+            rows, per_row = (n, 1) if layout is independent_rows else (1 + (layout is packed), n)
+            # Rows of one stream feed one slot each per step, a lone row at least two.
+            assert res.step_tokens == rows * step_width(rows, per_row) * (res.forward_passes - res.prefill_passes)
     assert compiled.warm_up() == 0.0
     # Lightning predicts under inference mode, a script under no_grad or nothing: one graph.
     for mode in (torch.inference_mode(), torch.no_grad(), torch.enable_grad()):
