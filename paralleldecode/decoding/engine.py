@@ -551,7 +551,8 @@ class DecodingEngine:
         passes = 0
         for a, z, plain in self._chunks(layout, key_owner, offset):
             ending = [i for i in range(layout.num_streams) if a <= int(last[i]) < z] if logits else []
-            keep = torch.unique(last[ending]) - a if ending else 1
+            # A pass where no stream's prompt ends computes no logits (an empty index).
+            keep = torch.unique(last[ending]) - a if ending else last.new_empty(0)
             if plain:
                 out = self._forward(ids[:, a:z], None, None, cache, keep)
             else:
