@@ -50,6 +50,11 @@ ENV = "PARALLELDECODE_COMPILE"
 # never pays back: "auto" leaves such models eager (the test suite's tiny models among them).
 AUTO_MIN_PARAMETERS = 50_000_000
 
+# Every StepCompiler's step is one code object to dynamo, so the graphs of all models in a
+# process count against one recompile limit (torch's default 8); three graphs per model
+# would leave the third model eager. This one serves about twenty models.
+RECOMPILE_LIMIT = 64
+
 
 def unavailable(device: torch.device) -> str | None:
     """Why ``torch.compile`` cannot build kernels for ``device``, or None when it can."""
@@ -296,7 +301,9 @@ class StepCompiler:
         try:
             # Freezing is read when a graph compiles (inside the first call for a shape);
             # torch.compile's `options` do not reach it, the config must be patched.
-            with torch._inductor.config.patch(freezing=self._freeze):
+            limit = max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
+            with (torch._inductor.config.patch(freezing=self._freeze),
+                  torch._dynamo.config.patch(recompile_limit=limit)):
                 out = self._compiled()(*args)
         except Exception as err:  # noqa: BLE001 - any compile failure falls back to eager
             reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
