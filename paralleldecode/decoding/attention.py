@@ -17,10 +17,19 @@ the model's attention through :func:`blocked_attention`:
   causal chunk, its own last columns; for branches, from the first branch slot on), found
   once per mask tensor and reused by every layer.
 
+bfloat16 inputs are computed in float32 (the queries, and each key/value head as its block
+loop reads it, cast up; the output cast down): the kernel then rounds as sdpa's does, which
+keeps its scores and softmax in float32, and oneDNN's float32 matmuls still beat torch's
+bf16 flash kernel once there are enough keys (a 512-query chunk: 32 against 47 ms per layer
+at 4.7K keys, 16 against 20 at 2K, 9.5 against 10.2 at 1K, but 6.4 against 5.3 at 512), so
+bf16 calls with fewer than :data:`MIN_BF16_KEYS` keys stay with sdpa. Computing in bf16 was
+faster still but only by 5-15% at 2K-4.7K keys, with four times the error (its scores are
+rounded to bf16 before the softmax).
+
 Everything else goes to transformers' own sdpa function unchanged: no mask (the causal
 path, which sdpa's flash kernel does well), fewer than :data:`MIN_QUERIES` queries (the
-decoding steps), other dtypes or devices, gradients, dropout, soft-capping, a mask per
-head, a query that sees no key at all.
+decoding steps), dtypes other than float32 and bfloat16, other devices, gradients, dropout,
+soft-capping, a mask per head, a query that sees no key at all.
 
 Each block's scores are a fresh tensor of up to 8 MiB. glibc's malloc hands such sizes out as
 fresh pages and gives them back on free, so every block paid page faults and the kernel's
@@ -56,6 +65,10 @@ NAME = "paralleldecode_blocked"
 
 # Fewer queries than this (a decoding step) stay with sdpa's kernel.
 MIN_QUERIES = 64
+# bfloat16 calls with fewer keys than this stay with sdpa (its bf16 kernel is as fast there).
+MIN_BF16_KEYS = 1024
+# The dtypes it takes; bfloat16 is computed in float32.
+DTYPES = (torch.float32, torch.bfloat16)
 # A block's scores: 2M floats (8 MiB), measured fastest at 2K-4.7K keys on a 32 MiB L3.
 BLOCK_SCORES = 1 << 21
 
@@ -72,8 +85,8 @@ def available(model) -> str | None:
         return f"blocked attention is a CPU kernel; the model is on {parameter.device.type}"
     if not torch.backends.mkldnn.is_available():
         return "this torch build has no oneDNN (mkldnn)"
-    if parameter.dtype != torch.float32:
-        return f"blocked attention computes float32, the model is {parameter.dtype}"
+    if parameter.dtype not in DTYPES:
+        return f"blocked attention takes float32 or bfloat16, the model is {parameter.dtype}"
     if getattr(config, "_attn_implementation", None) != "sdpa":
         return f"the model's attention is {getattr(config, '_attn_implementation', None)!r}, not sdpa"
     if getattr(config, "sub_configs", None):
@@ -165,7 +178,8 @@ def _takes(query, key, value, mask, dropout, kwargs) -> bool:
     return (mask is not None and isinstance(mask, torch.Tensor) and mask.dim() == 4
             and mask.shape[1] == 1 and mask.shape[0] in (1, b) and tuple(mask.shape[2:]) == (q, key.shape[2])
             and q >= MIN_QUERIES and not torch.is_grad_enabled() and not dropout
-            and query.device.type == "cpu" and query.dtype == key.dtype == value.dtype == torch.float32
+            and query.device.type == "cpu" and query.dtype == key.dtype == value.dtype
+            and query.dtype in DTYPES and (query.dtype == torch.float32 or key.shape[2] >= MIN_BF16_KEYS)
             and key.shape[0] == b and h % key.shape[1] == 0
             and kwargs.get("softcap") is None and kwargs.get("position_bias") is None)
 
@@ -177,12 +191,14 @@ def blocked_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     """Masked attention with transformers' attention-function signature.
 
     Args:
-        query: ``(B, H, Q, D)``; key, value: ``(B, G, L, D)`` with ``H`` a multiple of ``G``.
+        query: ``(B, H, Q, D)``; key, value: ``(B, G, L, D)`` with ``H`` a multiple of ``G``;
+            float32, or bfloat16 (computed in float32).
         attention_mask: ``(B or 1, 1, Q, L)``, bool (True = may see) or additive float.
 
     Returns:
-        ``((B, Q, H, D)`` output, None) as transformers' sdpa function returns it; calls
-        that function itself for whatever this kernel does not take (module docstring).
+        ``((B, Q, H, D)`` output in the query's dtype, None) as transformers' sdpa function
+        returns it; calls that function itself for whatever this kernel does not take (module
+        docstring).
     """
     span = masked_span(attention_mask) if _takes(query, key, value, attention_mask, dropout, kwargs) else None
     if span is None:
@@ -195,15 +211,16 @@ def blocked_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     scale = scaling if scaling is not None else d ** -0.5
     rows = max(1, min(q, BLOCK_SCORES // (per * keys)))
     linear = torch.ops.mkldnn._linear_pointwise
-    out = query.new_empty(b, q, h, d)
-    scaled = (query * scale).transpose(1, 2)  # (B, Q, H, D)
+    fp32, contiguous = torch.float32, torch.contiguous_format
+    out = query.new_empty(b, q, h, d, dtype=fp32)
+    scaled = (query.to(fp32) * scale).transpose(1, 2)  # (B, Q, H, D)
     for i in range(b):
         mask = attention_mask[min(i, attention_mask.shape[0] - 1), 0, :, lo:hi]  # (Q, hi - lo)
         blocked = ~mask if mask.dtype == torch.bool else None  # True where a query may not see
         for g in range(groups):
             heads = slice(g * per, (g + 1) * per)
-            k = key[i, g].contiguous()  # (L, D): the scores are queries @ k.T
-            vt = value[i, g].t().contiguous()  # (D, L): the output is scores @ vt.T
+            k = key[i, g].to(fp32, memory_format=contiguous)  # (L, D): the scores are queries @ k.T
+            vt = value[i, g].t().to(fp32, memory_format=contiguous)  # (D, L): the output is scores @ vt.T
             for a in range(0, q, rows):
                 z = min(a + rows, q)
                 block = scaled[i, a:z, heads].transpose(0, 1).reshape(per * (z - a), d)
@@ -216,7 +233,7 @@ def blocked_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
                 torch.softmax(scores, -1, out=scores)
                 o = linear(scores.view(per * (z - a), keys), vt, None, "none", [], "")
                 out[i, a:z, heads] = o.view(per, z - a, d).transpose(0, 1)
-    return out, None
+    return out.to(query.dtype), None
 
 
 class BlockedAttention(Router):
@@ -243,5 +260,5 @@ class BlockedAttention(Router):
             self.config._attn_implementation = "sdpa"
 
 
-__all__ = ["BLOCK_SCORES", "BlockedAttention", "MIN_QUERIES", "NAME", "available", "blocked_attention",
-           "keep_freed_memory", "masked_span"]
+__all__ = ["BLOCK_SCORES", "BlockedAttention", "DTYPES", "MIN_BF16_KEYS", "MIN_QUERIES", "NAME", "available",
+           "blocked_attention", "keep_freed_memory", "masked_span"]

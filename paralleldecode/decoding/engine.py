@@ -244,7 +244,7 @@ class DecodingEngine:
         self.steps = StepCompiler.for_model(model) if on and mixer is None else None
         # The same setting routes the eager passes' linears through packed oneDNN weights.
         self.packed = PackedLinears.for_model(model, prefill_chunk) if on and available(model) is None else None
-        # ... and their masked attention through blocked oneDNN matmuls (float32 sdpa models).
+        # ... and their masked attention through blocked oneDNN matmuls (float32 and bf16 sdpa models).
         self.attention = BlockedAttention.for_model(model) if self.packed is not None and (
             attention_available(model) is None) else None
         if self.packed is not None:
