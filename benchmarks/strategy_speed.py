@@ -520,7 +520,7 @@ def main() -> None:
                      PromptRenderer(tok), GenerationConfig(max_new_tokens=args.max_new_tokens))
     eager_ctx = dataclasses.replace(ctx, engine=DecodingEngine(model, tok, prefill_chunk=args.prefill_chunk,
                                                                compile="off"))
-    compile_seconds = ctx.engine.warm_up()
+    compile_seconds = ctx.engine.warm_up(packed=bool(args.throughput and args.pack))
     print(f"decoding steps: {ctx.engine.compile_note}" +
           (f"; compiled in {compile_seconds:.1f} s (not counted in any row)" if ctx.engine.steps else ""))
     agree = json.loads(Path(args.agree_with).read_text()) if args.agree_with else None

@@ -424,7 +424,7 @@ class StrategyModule(L.LightningModule):
             return
         engine = self._engine()
         if engine.steps is not None:
-            self.compile_seconds = engine.warm_up()
+            self.compile_seconds = engine.warm_up(packed=bool(self.hparams.pack_groups))
             how = "eagerly: compiling failed" if engine.steps.fallback else f"compiled in {self.compile_seconds:.1f} s"
             print(f"paralleldecode: decoding steps {how} ({engine.compile_note})", file=sys.stderr, flush=True)
 

@@ -261,11 +261,17 @@ class DecodingEngine:
             # per layer measured at 4.8K keys, same outputs), so let transformers use it.
             os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
 
-    def warm_up(self) -> float:
-        """Compile the decoding step now, for each of its three graphs (one row, rows of one
-        stream, rows of several: see :func:`~paralleldecode.decoding.compiled.step_width`),
-        so that no group's time pays for it; returns the seconds compiling took (0 when the
-        steps are eager or already compiled)."""
+    def warm_up(self, packed: bool = False) -> float:
+        """Compile the decoding step now, so that no group's time pays for it; returns the
+        seconds compiling took (0 when the steps are eager or already compiled).
+
+        Args:
+            packed: also compile the graph for rows of several streams each, which only
+                stacked layouts of packed groups use (``pack_groups``); the other two graphs
+                (one row; rows of one stream) serve every unpacked strategy. See
+                :func:`~paralleldecode.decoding.compiled.step_width`. Without it a packed call
+                compiles that graph on its first step.
+        """
         if self.steps is None:
             return 0.0
         spent = self.steps.compile_seconds
@@ -275,8 +281,8 @@ class DecodingEngine:
         try:
             self.require_branch_support()
         except ValueError:  # no layout of this model puts several streams in a row
-            pass
-        else:
+            packed = False
+        if packed:
             branches = shared_prefix([[token] * 3, [token] * 4], self.pad_id)
             layouts.append(stack_layouts([branches, branches], self.pad_id))
         for layout in layouts:

