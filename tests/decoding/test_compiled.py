@@ -8,9 +8,11 @@ model the compiler cannot take decodes eagerly with one warning.
 from __future__ import annotations
 
 import logging
+import types
 
 import pytest
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from paralleldecode.decoding import (
     DecodingEngine,
@@ -19,7 +21,16 @@ from paralleldecode.decoding import (
     shared_prefix,
     stack_layouts,
 )
-from paralleldecode.decoding.compiled import ENV, StepCompiler, resolve, step_width, unavailable
+from paralleldecode.decoding.compiled import (
+    ENV,
+    STEP_ATTENTION,
+    StepCompiler,
+    grouped_attention,
+    resolve,
+    step_width,
+    unavailable,
+)
+from paralleldecode.decoding.layout import additive
 from paralleldecode.models.loading import load_causal_lm
 
 ARCHS = ["llama", "qwen2", "qwen3"]
@@ -131,6 +142,57 @@ def test_the_warm_up_leaves_the_packed_graph_to_packed_runs(engines, monkeypatch
     shapes.clear()
     compiled.warm_up(packed=True)
     assert shapes == [(1, 1), (4, 1), (2, 2)]
+
+
+def test_grouped_attention_is_sdpa_to_bf16_rounding():
+    gen = torch.Generator().manual_seed(0)
+    b, h, g, q, length, d = 3, 6, 2, 4, 50, 16
+    module = types.SimpleNamespace(num_key_value_groups=h // g, is_causal=True)
+    query = torch.randn(b, q, h, d, generator=gen).transpose(1, 2).bfloat16()  # transformers' layout
+    key, value = (torch.randn(b, g, length, d, generator=gen).bfloat16() for _ in range(2))
+    allowed = torch.rand(b, q, length, generator=gen) > 0.3
+    allowed[..., 0] = True
+    mask = additive(allowed, torch.bfloat16)
+    ours = grouped_attention(module, query, key, value, mask)[0]
+    wide = sdpa_attention_forward(module, query.float(), key.float(), value.float(), mask.float())[0]
+    assert ours.dtype == torch.bfloat16 and ours.shape == wide.shape == (b, q, h, d)
+    torch.testing.assert_close(ours.float(), wide, atol=2e-2, rtol=2e-2)
+    # float32, and calls without a mask, are sdpa's own
+    for args in [(query.float(), key.float(), value.float(), mask.float()), (query, key, value, None)]:
+        torch.testing.assert_close(grouped_attention(module, *args)[0], sdpa_attention_forward(module, *args)[0],
+                                   atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_a_bf16_model_steps_under_grouped_attention(tiny_models, compiled):
+    """The switch holds during the steps only, and the steps' logits stay as close to the
+    float32 model's as the plain bf16 engine's. The step compiled (slow: a bf16 graph of
+    its own) and taken eagerly through the same switch."""
+    path = str(tiny_models["llama"])
+    wide, tok = load_causal_lm(path, attn_implementation="sdpa", dtype=torch.float32)
+    model, _ = load_causal_lm(path, attn_implementation="sdpa", dtype=torch.bfloat16)
+    seen = []
+    model.model.layers[0].self_attn.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((kwargs["hidden_states"].shape[1], model.config._attn_implementation)),
+        with_kwargs=True)
+    engine = DecodingEngine(model, tok, compile="on")
+    if not compiled:
+        engine.steps.fallback = "eager for the test"
+    layout = shared_prefix(_prompts(tok, 3), engine.pad_id)
+    cfg = GenerationConfig(max_new_tokens=6, eos_token_ids=(), output_logits=True)
+    ours = engine.generate(layout, cfg)
+    assert ours.compiled == compiled
+    if not compiled:  # a compiled graph runs no Python hook
+        assert {name for width, name in seen if width == 3} == {STEP_ATTENTION}  # three branches a step
+        assert STEP_ATTENTION not in {name for width, name in seen if width > 3}  # the prefill
+    assert model.config._attn_implementation == "sdpa"
+    plain = DecodingEngine(model, tok, compile="off").generate(layout, cfg)
+    exact = DecodingEngine(wide, tok, compile="off").generate(layout, cfg)
+
+    def error(run):
+        return sum((a.logits.float() - b.logits).abs().mean() for a, b in zip(run.streams, exact.streams))
+
+    assert error(ours) <= 1.5 * error(plain)  # eagerly: 0.0766 against 0.0768
 
 
 def test_a_model_the_compiler_cannot_take_decodes_eagerly_with_one_warning(tiny_models, caplog):
