@@ -110,9 +110,13 @@ class PeerRow:
         self.name, self.strategy, self.ctx, self.external = name, strategy, ctx, external
 
     def run(self, group: QuestionGroup, _ctx: RunContext) -> GroupRun:
-        if self.external:  # start cold, as the package's engine does: no prefix from another row
-            self.ctx.engine.server.reset_prefix_cache()
-        return self.strategy.run(group, self.ctx)
+        if not self.external:
+            return self.strategy.run(group, self.ctx)
+        server = self.ctx.engine.server
+        server.reset_prefix_cache()  # start cold, as the package's engine does: no prefix from another row
+        run = self.strategy.run(group, self.ctx)
+        server.settle()  # vLLM keeps a core busy for about a second: not into the next row's time
+        return run
 
 
 def start_vllm(names: list[str], args, model, tok, ctx: RunContext):
@@ -458,6 +462,7 @@ def peer_throughput(groups: list[QuestionGroup], row: PeerRow) -> dict:
     clock = Timer()
     together = run_many([lambda g=g: row.strategy.run(g, row.ctx) for g in groups])
     together_s = clock()
+    row.ctx.engine.server.settle()
     questions = sum(len(g) for g in groups)
     return {"questions": questions, "unpacked_questions_per_s": questions / one_s,
             "all_at_once_questions_per_s": questions / together_s, "all_at_once_vs_unpacked": one_s / together_s,

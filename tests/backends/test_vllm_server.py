@@ -76,6 +76,24 @@ def test_a_server_that_exits_or_never_answers_names_its_log(tiny_models, tmp_pat
     assert not server.running
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_settle_waits_while_the_process_group_is_busy():
+    server = VLLMServer(MODEL, python=sys.executable)
+    assert server.cpu_seconds() is None and server.settle() == 0.0  # no server
+    busy = "import time\nt = time.time()\nwhile time.time() - t < 1.0: pass\ntime.sleep(30)\n"
+    server._proc = subprocess.Popen([sys.executable, "-c", busy], start_new_session=True)
+    try:
+        waited = server.settle(timeout=10)
+        assert 0.5 < waited < 5  # the busy second (less what the start took), then one quiet window
+        used = server.cpu_seconds()
+        assert used >= 0.5
+        time.sleep(0.4)
+        assert server.cpu_seconds() - used < 0.1
+    finally:
+        server._proc.kill()
+        server._proc.wait()
+
+
 def test_a_prefix_cache_reset_needs_a_running_resettable_server(monkeypatch):
     monkeypatch.delenv("VLLM_SERVER_DEV_MODE", raising=False)
     with pytest.raises(RuntimeError, match="not running; start it"):
@@ -129,6 +147,11 @@ def test_a_reset_empties_the_prefix_cache(server):
     assert cached() >= 384  # the same prompt again: all its full blocks were kept
     server.reset_prefix_cache()
     assert cached() == 0
+    # after a request the server settles, and then uses (almost) no CPU
+    assert server.settle(timeout=10) < 10
+    before = server.cpu_seconds()
+    time.sleep(0.5)
+    assert server.cpu_seconds() - before < 0.25
 
 
 @pytest.mark.slow
