@@ -139,6 +139,19 @@ STEP_ATTENTION = "paralleldecode_step"
 REDUCED_DTYPES = (torch.bfloat16, torch.float16)
 
 
+@torch.library.custom_op("paralleldecode::softmax", mutates_args=())
+def softmax(scores: torch.Tensor) -> torch.Tensor:
+    """``torch.softmax`` over the last dimension, opaque to inductor: compiled, its float32
+    sum over the keys made inductor guard the graph on at most 4,096 keys (it sums longer
+    rows in chunks), so every longer context compiled each graph again mid-run."""
+    return torch.softmax(scores, -1)
+
+
+@softmax.register_fake
+def _(scores: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(scores)
+
+
 def grouped_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                       is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
@@ -174,7 +187,7 @@ def grouped_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     scale = scaling if scaling is not None else d ** -0.5
     scores = torch.matmul(query.reshape(b, groups, per * q, d), key.transpose(-1, -2))  # (B, G, per Q, L)
     scores = scores.view(b, groups, per, q, length).float() * scale + attention_mask[:, :, None].float()
-    weights = torch.softmax(scores, -1).to(query.dtype).view(b, groups, per * q, length)
+    weights = softmax(scores).to(query.dtype).view(b, groups, per * q, length)
     out = torch.matmul(weights, value).view(b, h, q, d)
     return out.transpose(1, 2).contiguous(), None
 

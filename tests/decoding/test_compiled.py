@@ -195,6 +195,28 @@ def test_a_bf16_model_steps_under_grouped_attention(tiny_models, compiled):
     assert error(ours) <= 1.5 * error(plain)  # eagerly: 0.0766 against 0.0768
 
 
+@pytest.mark.slow
+def test_a_bf16_graph_serves_contexts_past_4096_keys(tiny_models, tmp_path):
+    """Inductor sums float32 rows longer than 4,096 in chunks and guarded the graph on the
+    length; the step's softmax is opaque to it, so one graph serves short and long contexts."""
+    import json
+    import shutil
+
+    folder = tmp_path / "long-llama"
+    shutil.copytree(tiny_models["llama"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["max_position_embeddings"] = 8192
+    (folder / "config.json").write_text(json.dumps(config))
+    model, tok = load_causal_lm(str(folder), attn_implementation="sdpa", dtype=torch.bfloat16)
+    engine = DecodingEngine(model, tok, compile="on")
+    greedy = GenerationConfig(max_new_tokens=3, eos_token_ids=())
+    base = _prompts(tok, 1)[0]
+    for length, compiles in ((300, True), (5000, False)):
+        context = (base * (length // len(base) + 1))[:length]
+        res = engine.generate(shared_prefix([context + [5, 6], context + [7]], engine.pad_id), greedy)
+        assert res.compiled and (res.compile_seconds > 0) == compiles, length
+
+
 def test_a_model_the_compiler_cannot_take_decodes_eagerly_with_one_warning(tiny_models, caplog):
     model, tok = load_causal_lm(str(tiny_models["llama"]), attn_implementation="sdpa")
     eager = DecodingEngine(model, tok, compile="off")
