@@ -72,7 +72,7 @@ DTYPES = (torch.float32, torch.bfloat16)
 # A block's scores: 2M floats (8 MiB), measured fastest at 2K-4.7K keys on a 32 MiB L3.
 BLOCK_SCORES = 1 << 21
 
-_registered = False
+_registered: set[str] = set()
 # (the mask, its version, its span): the layers of one forward share the mask tensor.
 _last_span: tuple | None = None
 
@@ -100,15 +100,16 @@ def _sdpa(*args, **kwargs):
     return sdpa_attention_forward(*args, **kwargs)
 
 
-def _register() -> None:
-    global _registered
-    if not _registered:
+def _register(name: str, function) -> None:
+    """Register ``function`` with transformers as attention implementation ``name``, with
+    sdpa's masks (once per name)."""
+    if name not in _registered:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-        AttentionInterface.register(NAME, blocked_attention)
-        AttentionMaskInterface.register(NAME, sdpa_mask)
-        _registered = True
+        AttentionInterface.register(name, function)
+        AttentionMaskInterface.register(name, sdpa_mask)
+        _registered.add(name)
 
 
 # glibc's mallopt parameters, and the values the first routing sets.
@@ -236,29 +237,46 @@ def blocked_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     return out.to(query.dtype), None
 
 
-class BlockedAttention(Router):
-    """Switches one model's attention to :func:`blocked_attention` inside :meth:`routed`.
+class AttentionSwitch(Router):
+    """Switches one model from sdpa to the attention function :attr:`function`, registered
+    with transformers as :attr:`name`, inside :meth:`routed`, and back after. One object per
+    model and subclass (:meth:`for_model`), shared by its engines; nests and holds across
+    threads like :class:`~paralleldecode.decoding.packed.PackedLinears`. Only a model whose
+    attention is ``sdpa`` is switched. The switch is the config's attention-implementation
+    name, which compiled graphs are guarded on."""
 
-    One object per model (:meth:`for_model`), shared by its engines; nests and holds across
-    threads like :class:`~paralleldecode.decoding.packed.PackedLinears`. The switch is the
-    model config's attention-implementation name, so a compiled graph traced under ``sdpa``
-    must not run while it holds (the engine routes only its eager passes).
-    """
+    name: str
+    function = None
 
     def __init__(self, model) -> None:
         super().__init__()
         self.config = model.config
 
+    def _prepare(self) -> None:
+        """Anything the first switch needs besides the registration."""
+
     def _route(self) -> None:
         if self.config._attn_implementation == "sdpa":
-            _register()
-            keep_freed_memory()
-            self.config._attn_implementation = NAME
+            _register(self.name, self.function)
+            self._prepare()
+            self.config._attn_implementation = self.name
 
     def _unroute(self) -> None:
-        if self.config._attn_implementation == NAME:
+        if self.config._attn_implementation == self.name:
             self.config._attn_implementation = "sdpa"
 
 
-__all__ = ["BLOCK_SCORES", "BlockedAttention", "DTYPES", "MIN_BF16_KEYS", "MIN_QUERIES", "NAME", "available",
-           "blocked_attention", "keep_freed_memory", "masked_span"]
+class BlockedAttention(AttentionSwitch):
+    """Switches one model's attention to :func:`blocked_attention` inside :meth:`routed`. A
+    compiled graph traced under ``sdpa`` must not run while it holds (the engine routes only
+    its eager passes)."""
+
+    name = NAME
+    function = staticmethod(blocked_attention)
+
+    def _prepare(self) -> None:
+        keep_freed_memory()
+
+
+__all__ = ["AttentionSwitch", "BLOCK_SCORES", "BlockedAttention", "DTYPES", "MIN_BF16_KEYS", "MIN_QUERIES", "NAME",
+           "available", "blocked_attention", "keep_freed_memory", "masked_span"]

@@ -42,8 +42,8 @@ import weakref
 
 import torch
 
+from paralleldecode.decoding.attention import AttentionSwitch
 from paralleldecode.decoding.layout import PAD, visibility
-from paralleldecode.decoding.packed import Router
 
 log = logging.getLogger(__name__)
 
@@ -192,15 +192,13 @@ def grouped_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     return out.transpose(1, 2).contiguous(), None
 
 
-class StepAttention(Router):
-    """Switches a model's attention to :func:`grouped_attention` around its compiled steps
-    (one object per model, :meth:`for_model`; nests and holds across threads like the
-    eager passes' routers). Only a bf16 or fp16 sdpa model on the CPU is switched
-    (:meth:`takes`); the graphs are traced, and guarded, under the switched name."""
+class StepAttention(AttentionSwitch):
+    """Switches a model's attention to :func:`grouped_attention` around its compiled steps.
+    Only a bf16 or fp16 sdpa model on the CPU is switched (:meth:`takes`); the graphs are
+    traced, and guarded, under the switched name."""
 
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.config = model.config
+    name = STEP_ATTENTION
+    function = staticmethod(grouped_attention)
 
     @staticmethod
     def takes(model) -> bool:
@@ -208,29 +206,6 @@ class StepAttention(Router):
         return (parameter.device.type == "cpu" and parameter.dtype in REDUCED_DTYPES
                 and getattr(model.config, "_attn_implementation", None) == "sdpa"
                 and not getattr(model.config, "sub_configs", None))
-
-    def _route(self) -> None:
-        if self.config._attn_implementation == "sdpa":
-            _register()
-            self.config._attn_implementation = STEP_ATTENTION
-
-    def _unroute(self) -> None:
-        if self.config._attn_implementation == STEP_ATTENTION:
-            self.config._attn_implementation = "sdpa"
-
-
-_registered = False
-
-
-def _register() -> None:
-    global _registered
-    if not _registered:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-        AttentionInterface.register(STEP_ATTENTION, grouped_attention)
-        AttentionMaskInterface.register(STEP_ATTENTION, sdpa_mask)
-        _registered = True
 
 
 def step_width(rows: int, per_row: int) -> int:
