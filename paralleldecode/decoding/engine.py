@@ -278,10 +278,11 @@ class DecodingEngine:
         token = self.pad_id if self.pad_id != self.tokenizer.eos_token_id else 0
         once = GenerationConfig(max_new_tokens=2, eos_token_ids=())
         layouts = [independent_rows([[token] * 3], self.pad_id), independent_rows([[token] * 3] * 4, self.pad_id)]
-        try:
-            self.require_branch_support()
-        except ValueError:  # no layout of this model puts several streams in a row
-            packed = False
+        if packed:
+            try:
+                self.require_branch_support()
+            except ValueError:  # no layout of this model puts several streams in a row
+                packed = False
         if packed:
             branches = shared_prefix([[token] * 3, [token] * 4], self.pad_id)
             layouts.append(stack_layouts([branches, branches], self.pad_id))
