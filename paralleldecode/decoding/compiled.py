@@ -23,9 +23,10 @@ On CPU inductor compiles with ``freezing`` (the weights become constants and are
 for the matmul kernels; measured 38 ms per step instead of 56-71 eager on the embedded model
 at one row), so the weights must not change while an engine decodes with it: call
 :meth:`StepCompiler.reset` after training them. Columnar layouts (2D positions) and
-cross-batch mixers stay eager. A bf16 or fp16 model's step computes its attention as grouped
-matmuls (:func:`grouped_attention`), not in torch's flash kernel, which repacks the whole
-key/value buffer of a reduced-precision call for the step's few queries.
+cross-batch mixers stay eager. On the CPU a step computes its attention as grouped matmuls
+(:func:`grouped_attention`), not in torch's flash kernel, which repacks the whole key/value
+buffer of a bf16 call for the step's few queries and, in float32, was slower than the
+matmuls at every step shape measured.
 
 Shapes: ``B`` rows, ``K`` slots fed per row in a step, ``L`` buffer slots per row, ``H``
 key/value heads, ``D`` head size, ``V`` vocabulary.
@@ -134,9 +135,9 @@ class SlotCache:
         return 0
 
 
-# The attention-function name the step of a bf16 (or fp16) model runs under on the CPU.
+# The attention-function name a model's step runs under on the CPU, and the dtypes it takes.
 STEP_ATTENTION = "paralleldecode_step"
-REDUCED_DTYPES = (torch.bfloat16, torch.float16)
+STEP_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @torch.library.custom_op("paralleldecode::softmax", mutates_args=())
@@ -155,30 +156,33 @@ def _(scores: torch.Tensor) -> torch.Tensor:
 def grouped_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                       is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
-    """The decoding step's attention for a bf16 or fp16 model on the CPU, with transformers'
-    attention-function signature: two matmuls in the model's dtype with the query heads of
-    each key/value head as the rows of one, and the softmax in float32 (as transformers'
-    ``eager`` attention rounds, without its copy of the keys per query head).
+    """The decoding step's attention on the CPU, with transformers' attention-function
+    signature: two matmuls in the model's dtype with the query heads of each key/value head as
+    the rows of one, and the softmax in float32 (as transformers' ``eager`` attention rounds,
+    without its copy of the keys per query head).
 
-    torch's CPU flash kernel repacks the keys and values of a reduced-precision call whatever
-    its query count, so a step, a few queries over the whole buffer, pays for the buffer's
-    packing: measured eagerly in bf16, five rows of one query over 1,000 keys took 2.5 ms per
-    layer in the flash kernel against 0.22 ms as matmuls (fp32's flash: 0.31), ten rows over
-    4,800 keys 26 against 2.6 ms.
+    torch's CPU flash kernel repacks the keys and values of a bf16 call whatever its query
+    count, so a step, a few queries over the whole buffer, pays for the buffer's packing:
+    measured eagerly in bf16, five rows of one query over 1,000 keys took 2.5 ms per layer in
+    the flash kernel against 0.22 ms as matmuls, ten rows over 4,800 keys 26 against 2.6 ms.
+    In float32 the flash kernel took 0.31 ms for the first; the embedded model's compiled
+    float32 step, sdpa against these matmuls: one row of ten branches over 4,800 keys 118
+    against 90 ms, five rows over 330 keys 58 against 47, one row of five branches over 330
+    keys 42.5 against 42.0.
 
     Args:
         query: ``(B, H, Q, D)``; key, value: ``(B, G, L, D)`` with ``H`` a multiple of ``G``.
         attention_mask: ``(B, 1, Q, L)`` additive.
 
     Returns:
-        ``((B, Q, H, D)`` output, None); anything else (a float32 model, no mask, a mask per
+        ``((B, Q, H, D)`` output, None); anything else (another dtype, no mask, a mask per
         head, dropout, soft-capping, a position bias) goes to transformers' sdpa function.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     b, h, q, d = query.shape
     groups, length = key.shape[1], key.shape[2]
-    if (query.dtype not in REDUCED_DTYPES or attention_mask is None or attention_mask.dtype == torch.bool
+    if (query.dtype not in STEP_DTYPES or attention_mask is None or attention_mask.dtype == torch.bool
             or attention_mask.dim() != 4 or attention_mask.shape[1] != 1 or dropout or h % groups
             or kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -194,8 +198,8 @@ def grouped_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
 
 class StepAttention(AttentionSwitch):
     """Switches a model's attention to :func:`grouped_attention` around its compiled steps.
-    Only a bf16 or fp16 sdpa model on the CPU is switched (:meth:`takes`); the graphs are
-    traced, and guarded, under the switched name."""
+    Only an sdpa model on the CPU is switched (:meth:`takes`); the graphs are traced, and
+    guarded, under the switched name."""
 
     name = STEP_ATTENTION
     function = staticmethod(grouped_attention)
@@ -203,7 +207,7 @@ class StepAttention(AttentionSwitch):
     @staticmethod
     def takes(model) -> bool:
         parameter = next(model.parameters())
-        return (parameter.device.type == "cpu" and parameter.dtype in REDUCED_DTYPES
+        return (parameter.device.type == "cpu" and parameter.dtype in STEP_DTYPES
                 and getattr(model.config, "_attn_implementation", None) == "sdpa"
                 and not getattr(model.config, "sub_configs", None))
 
@@ -361,8 +365,8 @@ class StepCompiler:
         return self._fn
 
     def __call__(self, ids, positions, query_owner, key_owner, keys, values, at) -> torch.Tensor:
-        """:func:`slot_step`, compiled unless compiling failed before; a bf16 or fp16 model's
-        attention through :func:`grouped_attention` (:class:`StepAttention`)."""
+        """:func:`slot_step`, compiled unless compiling failed before; the model's
+        attention on the CPU through :func:`grouped_attention` (:class:`StepAttention`)."""
         routing = StepAttention.for_model(self.model).routed() if StepAttention.takes(self.model) else (
             contextlib.nullcontext())
         with routing:

@@ -144,7 +144,7 @@ def test_the_warm_up_leaves_the_packed_graph_to_packed_runs(engines, monkeypatch
     assert shapes == [(1, 1), (4, 1), (2, 2)]
 
 
-def test_grouped_attention_is_sdpa_to_bf16_rounding():
+def test_grouped_attention_is_sdpa_to_its_dtype_rounding():
     gen = torch.Generator().manual_seed(0)
     b, h, g, q, length, d = 3, 6, 2, 4, 50, 16
     module = types.SimpleNamespace(num_key_value_groups=h // g, is_causal=True)
@@ -157,8 +157,11 @@ def test_grouped_attention_is_sdpa_to_bf16_rounding():
     wide = sdpa_attention_forward(module, query.float(), key.float(), value.float(), mask.float())[0]
     assert ours.dtype == torch.bfloat16 and ours.shape == wide.shape == (b, q, h, d)
     torch.testing.assert_close(ours.float(), wide, atol=2e-2, rtol=2e-2)
-    # float32, and calls without a mask, are sdpa's own
-    for args in [(query.float(), key.float(), value.float(), mask.float()), (query, key, value, None)]:
+    # float32 is sdpa's to float32 rounding; calls without a mask (and float64) are sdpa's own
+    wide_args = (query.float(), key.float(), value.float(), mask.float())
+    torch.testing.assert_close(grouped_attention(module, *wide_args)[0], wide, atol=1e-5, rtol=1e-5)
+    double = tuple(t.double() for t in wide_args)
+    for args in [(query, key, value, None), double]:
         torch.testing.assert_close(grouped_attention(module, *args)[0], sdpa_attention_forward(module, *args)[0],
                                    atol=0, rtol=0)
 
