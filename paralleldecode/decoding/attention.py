@@ -7,7 +7,9 @@ costs it 39 ms per layer; the same attention as two oneDNN matmuls and an in-pla
 per block of queries costs 22.5 ms (15.4 against 25.7 at 3K keys, 13.7 against 17.5 at 2K),
 outputs equal to fp32 rounding (1e-7 on unit-scale values). A 4.7K-token article's prefill
 spends most of its time there, so the engine's eager passes, where the steps compile, run
-the model's attention through :func:`blocked_attention`:
+the model's attention through :func:`blocked_attention` on CPUs where it wins a race against
+sdpa's kernel (:func:`slower_here`: on an Intel Xeon with AMX, MKL's and oneDNN's kernels
+serve sdpa well and it was the faster there):
 
 * the queries of the heads that share a key/value head form the rows of one matmul against
   that head's keys (no copy of the keys per query head);
@@ -92,6 +94,81 @@ def available(model) -> str | None:
     if getattr(config, "sub_configs", None):
         return "a model with sub-configs keeps its own attention"
     return None
+
+
+# Whether the engine takes the blocked kernel: "auto" races it against sdpa's once per
+# process and attention shape (:func:`slower_here`); "on" and "off" decide without racing.
+SETTINGS = ("auto", "on", "off")
+ENV = "PARALLELDECODE_BLOCKED_ATTENTION"
+# The race: a prefill chunk of this many queries over this many keys, causal over its own
+# columns; the blocked kernel must be this much faster to be taken (a near tie stays sdpa).
+PROBE_QUERIES, PROBE_KEYS = 512, 2048
+MARGIN = 1.1
+
+# (dtype, query heads, key/value heads, head size, threads) -> why not (None: blocked wins).
+_verdicts: dict[tuple, str | None] = {}
+
+
+def slower_here(model) -> str | None:
+    """Why the engine leaves ``model``'s masked attention with sdpa on this machine, or None
+    when :func:`blocked_attention` is to take it (a model :func:`available` accepts).
+
+    Which kernel is faster depends on the CPU: on the AMD EPYC (Zen 5) this package was first
+    measured on, torch's flash kernel runs its block products through MKL's generic path and
+    the blocked kernel won by 1.3-1.7x; on an Intel Xeon with AMX, sdpa's won (a 512-query
+    chunk over 2,048 keys: 12.6 against 21.4 ms per layer in float32, 4.4 against 13.7 in
+    bf16), and an article's bf16 prefill took 3.4 s with sdpa against 7.7 s blocked. So under
+    ``PARALLELDECODE_BLOCKED_ATTENTION=auto`` (the default) both kernels run one probe chunk
+    of the model's attention shape and dtype (three timed calls each, alternating, after one
+    untimed; about 0.2 s), once per process and shape, and the blocked kernel is taken only
+    when its best time beats sdpa's by :data:`MARGIN`. ``on`` and ``off`` skip the race.
+
+    Raises:
+        ValueError: the environment variable holds another value.
+    """
+    setting = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if setting not in SETTINGS:
+        raise ValueError(f"{ENV}={os.environ[ENV]!r}: expected one of {', '.join(SETTINGS)}")
+    if setting != "auto":
+        return None if setting == "on" else f"{ENV}=off"
+    config = model.config
+    heads = config.num_attention_heads
+    groups = getattr(config, "num_key_value_heads", None) or heads
+    size = getattr(config, "head_dim", None) or config.hidden_size // heads
+    shape = (next(model.parameters()).dtype, heads, groups, size, torch.get_num_threads())
+    if shape not in _verdicts:
+        sdpa, blocked = race(*shape[:4])
+        _verdicts[shape] = None if blocked * MARGIN <= sdpa else (
+            f"sdpa's kernel was as fast or faster on this CPU ({sdpa * 1e3:.1f} ms against "
+            f"{blocked * 1e3:.1f} for {PROBE_QUERIES} queries over {PROBE_KEYS} keys)")
+        log.info("blocked attention for %s: %s", shape, _verdicts[shape] or f"taken ({blocked * 1e3:.1f} ms "
+                 f"against sdpa's {sdpa * 1e3:.1f})")
+    return _verdicts[shape]
+
+
+def race(dtype: torch.dtype, heads: int, groups: int, size: int, rounds: int = 3) -> tuple[float, float]:
+    """Best seconds of sdpa's attention and of :func:`blocked_attention` on one probe chunk:
+    ``PROBE_QUERIES`` queries of ``heads`` heads over ``PROBE_KEYS`` keys of ``groups``
+    key/value heads of ``size``, the chunk causal over its own last columns."""
+    import time
+    import types
+
+    gen = torch.Generator().manual_seed(0)
+    q, n = PROBE_QUERIES, PROBE_KEYS
+    query = torch.randn(1, heads, q, size, generator=gen).to(dtype)
+    key, value = (torch.randn(1, groups, n, size, generator=gen).to(dtype) for _ in range(2))
+    allowed = torch.ones(q, n, dtype=torch.bool).tril(n - q)
+    mask = torch.zeros(q, n, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+    module = types.SimpleNamespace(num_key_value_groups=heads // groups, is_causal=True, training=False)
+    best = {_sdpa: float("inf"), blocked_attention: float("inf")}
+    with torch.inference_mode():
+        for i in range(rounds + 1):
+            for fn in best:
+                start = time.perf_counter()
+                fn(module, query, key, value, mask)
+                if i:
+                    best[fn] = min(best[fn], time.perf_counter() - start)
+    return best[_sdpa], best[blocked_attention]
 
 
 def _sdpa(*args, **kwargs):
@@ -279,4 +356,4 @@ class BlockedAttention(AttentionSwitch):
 
 
 __all__ = ["AttentionSwitch", "BLOCK_SCORES", "BlockedAttention", "DTYPES", "MIN_BF16_KEYS", "MIN_QUERIES", "NAME",
-           "available", "blocked_attention", "keep_freed_memory", "masked_span"]
+           "available", "blocked_attention", "keep_freed_memory", "masked_span", "race", "slower_here"]

@@ -39,6 +39,7 @@ import torch
 
 from paralleldecode.decoding.attention import BlockedAttention
 from paralleldecode.decoding.attention import available as attention_available
+from paralleldecode.decoding.attention import slower_here
 from paralleldecode.decoding.cache import (
     GrowingLayer,
     RowCache,
@@ -242,24 +243,28 @@ class DecodingEngine:
         if compile in ("on", True) and not on:
             log.warning("compile: decoding eagerly: %s", self.compile_note)
         self.steps = StepCompiler.for_model(model) if on and mixer is None else None
-        # The same setting routes the eager passes' linears through packed oneDNN weights.
-        self.packed = PackedLinears.for_model(model, prefill_chunk) if on and available(model) is None else None
-        # ... and their masked attention through blocked oneDNN matmuls (float32 and bf16 sdpa models).
-        self.attention = BlockedAttention.for_model(model) if self.packed is not None and (
-            attention_available(model) is None) else None
-        if self.packed is not None:
-            self.compile_note += "; eager passes (prefill) with packed oneDNN linears"
-            if self.attention is not None:
-                self.compile_note += " and blocked attention"
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        # Read once from the installed transformers: `cache` where it exists.
-        self.cache_keyword = cache_keyword(model)
         if self.device.type == "cpu":
             # transformers hands sdpa grouped key/value heads natively only without a mask;
             # with one (every layout here) it copies the whole cache once per query head at
             # every forward. torch's CPU kernel takes the mask with grouped heads (8x faster
             # per layer measured at 4.8K keys, same outputs), so let transformers use it.
             os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
+        # The same setting routes the eager passes' linears through packed oneDNN weights.
+        self.packed = PackedLinears.for_model(model, prefill_chunk) if on and available(model) is None else None
+        # ... and their masked attention through blocked oneDNN matmuls (float32 and bf16 sdpa
+        # models) where, raced against sdpa's kernel on this CPU, they are the faster.
+        self.attention = None
+        if self.packed is not None:
+            self.compile_note += "; eager passes (prefill) with packed oneDNN linears"
+            why = attention_available(model) or slower_here(model)
+            if why is None:
+                self.attention = BlockedAttention.for_model(model)
+                self.compile_note += " and blocked attention"
+            else:
+                self.compile_note += f" and sdpa attention ({why})"
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # Read once from the installed transformers: `cache` where it exists.
+        self.cache_keyword = cache_keyword(model)
 
     def warm_up(self, packed: bool = False) -> float:
         """Compile the decoding step now, so that no group's time pays for it; returns the

@@ -121,6 +121,8 @@ def test_the_span_is_found_once_per_mask_and_again_after_a_change():
 @pytest.fixture(autouse=True)
 def _forget_spans(monkeypatch):
     monkeypatch.setattr(attention, "_last_span", None)
+    # The engine tests here are about the kernel, whichever kernel wins on this CPU's race.
+    monkeypatch.setenv(attention.ENV, "on")
 
 
 @pytest.fixture()
@@ -154,6 +156,45 @@ def test_models_it_does_not_switch_are_named(tiny_models, llama):
     assert "'eager'" in available(eager)
     with BlockedAttention.for_model(eager).routed():
         assert eager.config._attn_implementation == "eager"
+
+
+def test_the_engine_takes_the_kernel_that_wins_the_race(monkeypatch, llama):
+    """Under ``auto`` the blocked kernel is taken only when it beats sdpa's by the margin, the
+    race runs once per shape, and the note says which kernel runs and why."""
+    model, tok = llama
+    times = {"sdpa": 0.010, "blocked": 0.010}
+    calls = []
+
+    def race(*shape):
+        calls.append(shape)
+        return times["sdpa"], times["blocked"]
+
+    monkeypatch.setattr(attention, "race", race)
+    monkeypatch.setenv(attention.ENV, "auto")
+    for blocked, taken in ((0.010, False), (0.0095, False), (0.008, True)):
+        monkeypatch.setattr(attention, "_verdicts", {})
+        times["blocked"] = blocked
+        engine = DecodingEngine(model, tok, compile="on")
+        assert (engine.attention is BlockedAttention.for_model(model)) == taken, blocked
+        assert ("and blocked attention" in engine.compile_note) == taken
+        assert ("sdpa attention (sdpa's kernel was as fast or faster on this CPU (10.0 ms against"
+                in engine.compile_note) != taken
+        DecodingEngine(model, tok, compile="on")  # the verdict is kept
+    assert len(calls) == 3 and calls[0] == (torch.float32, 4, 2, 16)
+    for setting, taken in (("on", True), ("off", False), (" ON ", True)):
+        monkeypatch.setenv(attention.ENV, setting)
+        assert (DecodingEngine(model, tok, compile="on").attention is not None) == taken
+    assert len(calls) == 3
+    assert DecodingEngine(model, tok, compile="off").attention is None
+    monkeypatch.setenv(attention.ENV, "fast")
+    with pytest.raises(ValueError, match="PARALLELDECODE_BLOCKED_ATTENTION='fast': expected one of auto, on, off"):
+        DecodingEngine(model, tok, compile="on")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_race_times_both_kernels_on_a_probe_chunk(dtype):
+    sdpa, blocked = attention.race(dtype, 4, 2, 16, rounds=1)
+    assert 0 < sdpa < 10 and 0 < blocked < 10
 
 
 def test_engine_prefill_with_blocked_attention_gives_the_plain_tokens(llama):

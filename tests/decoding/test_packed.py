@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from paralleldecode.decoding import DecodingEngine, GenerationConfig, shared_prefix
-from paralleldecode.decoding.attention import BlockedAttention
+from paralleldecode.decoding.attention import ENV, BlockedAttention
 from paralleldecode.decoding.columnar import columnar_layout
 from paralleldecode.decoding.packed import PackedLinears, available
 from paralleldecode.models.loading import load_causal_lm
@@ -124,8 +124,9 @@ def test_unavailable_dtypes_are_named(llama):
     assert "float16" in available(model.half())
 
 
-def test_engine_packs_and_switches_attention_where_it_compiles(llama):
+def test_engine_packs_and_switches_attention_where_it_compiles(monkeypatch, llama):
     model, tok = llama
+    monkeypatch.setenv(ENV, "on")  # the race between the kernels is test_attention's
     off = DecodingEngine(model, tok, compile="off")
     assert off.packed is None and off.attention is None
     on = DecodingEngine(model, tok, compile="on")
