@@ -75,6 +75,7 @@ import atexit
 import dataclasses
 import json
 import os
+import platform
 import random
 import statistics
 import threading
@@ -167,6 +168,19 @@ def article_groups(data: str, g: int, count: int, seed: int, ctx: RunContext,
         if len(fit) == count:
             break
     return fit
+
+
+def cpu_name() -> str:
+    """The CPU's model name (timings differ between machines: one kernel wins on one CPU and
+    loses on another), from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 class PeakMemory:
@@ -526,7 +540,7 @@ def main() -> None:
     eager_ctx = dataclasses.replace(ctx, engine=DecodingEngine(model, tok, prefill_chunk=args.prefill_chunk,
                                                                compile="off"))
     compile_seconds = ctx.engine.warm_up(packed=bool(args.throughput and args.pack))
-    print(f"decoding steps: {ctx.engine.compile_note}" +
+    print(f"cpu: {cpu_name()}\ndecoding steps: {ctx.engine.compile_note}" +
           (f"; compiled in {compile_seconds:.1f} s (not counted in any row)" if ctx.engine.steps else ""))
     agree = json.loads(Path(args.agree_with).read_text()) if args.agree_with else None
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -557,7 +571,7 @@ def main() -> None:
               "strategy_options": options, "dtype": str(model.dtype), "device": str(ctx.engine.device),
               "torch_threads": torch.get_num_threads(), "prefill_chunk": args.prefill_chunk,
               "compile": args.compile, "compiled": ctx.engine.steps is not None,
-              "compile_seconds": compile_seconds,
+              "compile_seconds": compile_seconds, "engine": ctx.engine.compile_note, "cpu": cpu_name(),
               "weights_mib": weights / 2**20, "paragraph": {}, "article": {},
               "vllm": {"startup_seconds": server.startup_seconds, "python": str(server.python)} if server else None}
 
