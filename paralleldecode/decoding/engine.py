@@ -37,9 +37,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from paralleldecode.decoding.attention import BlockedAttention
+from paralleldecode.decoding.attention import BlockedAttention, slower_here
 from paralleldecode.decoding.attention import available as attention_available
-from paralleldecode.decoding.attention import slower_here
 from paralleldecode.decoding.cache import (
     GrowingLayer,
     RowCache,
