@@ -260,7 +260,7 @@ class DecodingEngine:
                 self.attention = BlockedAttention.for_model(model)
                 self.compile_note += " and blocked attention"
             else:
-                self.compile_note += f" and sdpa attention ({why})"
+                self.compile_note += f"; masked attention left as it is ({why})"
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # Read once from the installed transformers: `cache` where it exists.
         self.cache_keyword = cache_keyword(model)
