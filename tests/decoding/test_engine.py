@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from paralleldecode.decoding import DecodingEngine, GenerationConfig, independent_rows
+from paralleldecode.decoding.cache import ROOM_MULTIPLE, GrowingLayer
 from paralleldecode.decoding.layout import PAD, prefill_mask, step_mask
 from paralleldecode.models.loading import load_causal_lm
 
@@ -118,3 +119,21 @@ def test_config_rejects_bad_values():
         GenerationConfig(max_new_tokens=0)
     with pytest.raises(ValueError, match="top_p"):
         GenerationConfig(top_p=0)
+
+
+def test_cache_buffers_hold_a_multiple_of_16_slots():
+    """Reserved, started and grown buffers alike: compiled CUDA steps are specialised on a
+    length's divisibility, so an unaligned buffer would compile the step again."""
+    k = torch.randn(2, 3, 5, 8)
+    layer = GrowingLayer(reserve=330)
+    keys, values = layer.update(k, k)
+    assert layer.buffers[0].shape[-2] == 336 and keys.shape[-2] == 5
+    torch.testing.assert_close(values, k)
+    grown = GrowingLayer()
+    grown.update(k, k)
+    grown.update(torch.randn(2, 3, 40, 8), torch.randn(2, 3, 40, 8))
+    assert grown.keys.shape[-2] == 45 and grown.buffers[0].shape[-2] % ROOM_MULTIPLE == 0
+    torch.testing.assert_close(grown.keys[..., :5, :], k)
+    started = GrowingLayer(reserve=17)
+    keys, _ = started.start(k[0], rows=4, length=9)
+    assert keys.shape == (4, 3, 9, 8) and started.buffers[0].shape[-2] == 32
