@@ -23,8 +23,10 @@ from paralleldecode.decoding import (
 )
 from paralleldecode.decoding.compiled import (
     ENV,
+    GRAPHS_ENV,
     STEP_ATTENTION,
     StepCompiler,
+    cuda_graphs,
     grouped_attention,
     resolve,
     step_width,
@@ -260,6 +262,13 @@ def test_settings_resolve_with_reasons(tiny_models, monkeypatch, tmp_path):
         resolve("auto", model)
     with pytest.raises(ValueError, match="compile must be one of auto, on, off; got 'fast'"):
         resolve("fast", model)
+    monkeypatch.delenv(GRAPHS_ENV, raising=False)
+    assert cuda_graphs()
+    monkeypatch.setenv(GRAPHS_ENV, "off")
+    assert not cuda_graphs()
+    monkeypatch.setenv(GRAPHS_ENV, "maybe")
+    with pytest.raises(ValueError, match="PARALLELDECODE_CUDA_GRAPHS must be one of on, off; got 'maybe'"):
+        cuda_graphs()
     # A CPU with no C++ compiler: eager, saying why.
     monkeypatch.setenv("PATH", str(tmp_path))
     assert unavailable(torch.device("cpu")).startswith("no C++ compiler")
@@ -304,3 +313,23 @@ def test_embedded_model_compiled_gives_the_eager_answers_on_squad(data_dir):
     packed = packer.run([lambda grp=grp: strategy.run(grp, ctx_c) for grp in groups])
     alone = [strategy.run(grp, RunContext(eager, PromptRenderer(tok), gen)) for grp in groups]
     assert [[r.raw for r in x.results] for x in packed] == [[r.raw for r in x.results] for x in alone]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_steps_give_the_eager_tokens(tiny_models):
+    """On CUDA a call's compiled step is captured once and replayed for its later steps; the
+    tokens stay the eager engine's, call after call (a call whose buffers differ from the
+    graph's captures its own)."""
+    model, tok = load_causal_lm(str(tiny_models["llama"]), attn_implementation="sdpa", device="cuda",
+                                dtype="float32")
+    eager, compiled = DecodingEngine(model, tok, compile="off"), DecodingEngine(model, tok, compile="on")
+    assert compiled.steps.graphs
+    pad = eager.pad_id
+    ids = _prompts(tok, 5)
+    greedy = GenerationConfig(max_new_tokens=12, eos_token_ids=())
+    budgets = [GenerationConfig(max_new_tokens=m) for m in (3, 9, 1, 12, 6)]
+    for layout in (lambda: independent_rows(ids, pad), lambda: shared_prefix(ids, pad),
+                   lambda: independent_rows(ids[:1], pad), lambda: shared_prefix(ids[:3], pad)):
+        for config in (greedy, greedy, budgets if layout().num_streams == 5 else greedy):
+            _same(eager, compiled, layout, config)
+        assert compiled.steps.graph_fallback is None and compiled.steps._graph is not None
