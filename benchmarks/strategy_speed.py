@@ -35,8 +35,9 @@ The engine's decoding steps are compiled (``--compile auto``, the package's defa
 ``docs/engine.md``) before the first group, and the seconds that took are printed apart from
 every row. A row named ``<strategy>:eager`` is that strategy with compiled steps off, in the
 same run, its replies compared with the compiled row's. ``--dtype bfloat16`` runs every row
-in bf16 (the ``vllm`` rows too), and ``--agree-with`` a JSON of an earlier run (the fp32 one)
-counts, per row, the replies equal to that run's.
+in bf16 (the ``vllm`` rows too), and ``--agree-with`` JSONs of earlier runs (the fp32 ones;
+comma-separated, e.g. a paragraph run and an article run) counts, per row, the replies equal
+to those runs'.
 
 A *ceiling* is measured on paragraph workloads: the plain model decoding G identical rows
 with no strategy logic, against the engine decoding exactly that workload; their ratio is the
@@ -415,6 +416,24 @@ def print_agreement(other: dict | None, workload: str, g: int, res: dict) -> Non
         print(f"replies equal to {other.get('dtype', 'the other run')}'s: {shown}")
 
 
+def read_agreement(paths: str | None) -> dict | None:
+    """The earlier runs named by ``--agree-with`` (comma-separated JSONs) as one: each
+    workload and group size from the first file that has it."""
+    if not paths:
+        return None
+    merged: dict = {}
+    for path in (p for p in paths.split(",") if p):
+        try:
+            run = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"--agree-with {path}: not a JSON written by this script ({err})") from None
+        merged.setdefault("dtype", run.get("dtype"))
+        for workload in ("paragraph", "article"):
+            for g, res in run.get(workload, {}).items():
+                merged.setdefault(workload, {}).setdefault(g, res)
+    return merged
+
+
 def throughput(groups: list[QuestionGroup], strategies, ctx: RunContext, packs: list[int]) -> dict:
     """Questions per second per strategy, unpacked and packed by each of ``packs``; the modes
     alternate chunk by chunk over the same groups. A peer row (vLLM) runs one group at a time
@@ -524,7 +543,8 @@ def main() -> None:
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                     help="the engine's compiled decoding steps (compiled before the first group, not timed)")
     ap.add_argument("--agree-with", default=None,
-                    help="a JSON this script wrote (e.g. the fp32 run): count the replies equal to its rows'")
+                    help="JSONs this script wrote, comma-separated (e.g. the fp32 paragraph and article "
+                         "runs): count the replies equal to their rows'")
     ap.add_argument("--device", default=None, help="e.g. cuda (default: the CPU)")
     ap.add_argument("--vllm-python", default=None,
                     help="the Python with vLLM for the vllm rows (default: .venv-vllm, from `make vllm`)")
@@ -540,9 +560,10 @@ def main() -> None:
     eager_ctx = dataclasses.replace(ctx, engine=DecodingEngine(model, tok, prefill_chunk=args.prefill_chunk,
                                                                compile="off"))
     compile_seconds = ctx.engine.warm_up(packed=bool(args.throughput and args.pack))
-    print(f"cpu: {cpu_name()}\ndecoding steps: {ctx.engine.compile_note}" +
+    gpu = torch.cuda.get_device_name(ctx.engine.device) if ctx.engine.device.type == "cuda" else None
+    print(f"cpu: {cpu_name()}" + (f"\ngpu: {gpu}" if gpu else "") + f"\ndecoding steps: {ctx.engine.compile_note}" +
           (f"; compiled in {compile_seconds:.1f} s (not counted in any row)" if ctx.engine.steps else ""))
-    agree = json.loads(Path(args.agree_with).read_text()) if args.agree_with else None
+    agree = read_agreement(args.agree_with)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     cfg = model.config
     dataset = "squad" if args.data else "demo"
@@ -571,7 +592,7 @@ def main() -> None:
               "strategy_options": options, "dtype": str(model.dtype), "device": str(ctx.engine.device),
               "torch_threads": torch.get_num_threads(), "prefill_chunk": args.prefill_chunk,
               "compile": args.compile, "compiled": ctx.engine.steps is not None,
-              "compile_seconds": compile_seconds, "engine": ctx.engine.compile_note, "cpu": cpu_name(),
+              "compile_seconds": compile_seconds, "engine": ctx.engine.compile_note, "cpu": cpu_name(), "gpu": gpu,
               "weights_mib": weights / 2**20, "paragraph": {}, "article": {},
               "vllm": {"startup_seconds": server.startup_seconds, "python": str(server.python)} if server else None}
 
