@@ -188,10 +188,12 @@ class GenerationResult:
 
 @dataclass
 class _State:
-    """Mutable loop state; rows are renumbered when finished rows leave the cache."""
+    """Mutable loop state; rows are renumbered when finished rows leave the cache. What the
+    host decides per step (rows, positions, tokens) is kept in Python lists, so that a step
+    on a GPU reads nothing back but its picked tokens."""
 
-    stream_row: torch.Tensor  # (S,) current row of each stream, -1 once its row is gone
-    position: torch.Tensor  # (S,) position (column) of the stream's next fed token
+    stream_row: list[int]  # current row of each stream, -1 once its row is gone
+    position: list[int]  # position (column) of each stream's next fed token
     cache_owner: torch.Tensor  # (R, L)
     cache_ids: torch.Tensor  # (R, L) token id of every cached slot
     cache_column: torch.Tensor | None  # (R, L) columns of a columnar layout, else None
@@ -398,8 +400,8 @@ class DecodingEngine:
         stream_logits = self._logits(picked, groups)  # (S, V)
         pending_len = torch.tensor([len(p) for p in layout.pending], dtype=torch.long)
         st = _State(
-            stream_row=layout.stream_row.to(dev).clone(),
-            position=(layout.next_position - pending_len).to(dev),
+            stream_row=layout.stream_row.tolist(),
+            position=(layout.next_position - pending_len).tolist(),
             cache_owner=key_owner,
             cache_ids=key_ids,
             cache_column=key_col,
@@ -412,8 +414,7 @@ class DecodingEngine:
             finished=[0.0] * n,
             logits=[[] for _ in range(n)],
         )
-        branch = layout.stream_branch
-        branch = branch.to(dev) if branch is not None else None
+        branch = layout.stream_branch.tolist() if layout.stream_branch is not None else None
         # Columnar branches see each other: a stopped branch's last token is fed once more
         # so the others see it, as in training (isolated branches never look).
         feed_last = layout.columnar and not layout.isolate
@@ -425,7 +426,7 @@ class DecodingEngine:
             live = [i for i in range(n) if not st.done[i]]
             if constraint is not None:
                 self._constrain(constraint, live, st, stream_logits)
-            next_ids = self._pick(stream_logits, shared, gen)
+            next_ids = self._pick(stream_logits, shared, gen).tolist()  # the step's one read-back
             stopped = []
             for j, i in enumerate(live):
                 if st.pending[i]:  # still reading its prompt: the pick is not used
@@ -433,7 +434,7 @@ class DecodingEngine:
                     continue
                 if shared.output_logits:
                     st.logits[i].append(stream_logits[j].detach().float().cpu())
-                self._append(st, i, int(next_ids[j]), eos, configs[i])
+                self._append(st, i, next_ids[j], eos, configs[i])
                 st.feed[i] = st.tokens[i][-1]
                 if constraint is not None:
                     constraint.accept(i, st.tokens[i][-1])
@@ -447,7 +448,7 @@ class DecodingEngine:
                 break
             if buffers is None:  # compiled steps keep every row: their shapes stay put
                 cache = self._drop_finished_rows(st, cache, keep_cache)
-            extra = [i for i in stopped if feed_last and int(st.stream_row[i]) >= 0]
+            extra = [i for i in stopped if feed_last and st.stream_row[i] >= 0]
             fed_now = live + extra
             step_ids, step_pos, step_owner, where = self._step_inputs(st, fed_now, branch, width)
             if buffers is not None:
@@ -463,9 +464,8 @@ class DecodingEngine:
                 out = self._forward(step_ids, step_pos, mask, cache, keep=0)
                 st.cache_owner, st.cache_column = key_owner, key_col
                 st.cache_ids = torch.cat([st.cache_ids, step_ids], dim=1)
-            live_t = torch.tensor(live, device=dev)
             rows, cols = where[0][: len(live)], where[1][: len(live)]
-            stream_logits = self._logits(out[rows, cols], groups[live_t])
+            stream_logits = self._logits(out[rows, cols], groups, live)
             for i in fed_now:
                 st.position[i] += 1
             passes += 1
@@ -487,7 +487,7 @@ class DecodingEngine:
         caches = None
         if keep_cache:
             caches = [st.kept[i] if i in st.kept else
-                      row_cache(cache, st.cache_owner, st.cache_ids, int(st.stream_row[i]))
+                      row_cache(cache, st.cache_owner, st.cache_ids, st.stream_row[i])
                       for i in range(n)]
         return GenerationResult(streams, passes, layout.processed_tokens, wall, peak, fed,
                                 prefill_wall, caches, prefill_passes,
@@ -654,10 +654,13 @@ class DecodingEngine:
             return hidden[:, keep]
         return hidden if keep == 0 else hidden[:, -keep:]
 
-    def _logits(self, picked: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        """Per-stream rows of :meth:`_forward`'s output -> ``(S, V)`` logits."""
+    def _logits(self, picked: torch.Tensor, groups: torch.Tensor, live: list[int] | None = None) -> torch.Tensor:
+        """Per-stream rows of :meth:`_forward`'s output -> ``(S, V)`` logits; ``groups`` is
+        every stream's group, ``live`` the streams ``picked`` holds (None: all)."""
         if self.mixer is None:
             return picked
+        if live is not None:
+            groups = groups[torch.tensor(live, device=groups.device)]
         return self.model.get_output_embeddings()(self.mixer(picked, groups)).float()
 
     @staticmethod
@@ -692,12 +695,12 @@ class DecodingEngine:
         """Remove rows none of whose streams is still live from the cache (keeping their
         row caches aside when asked to)."""
         rows = st.cache_owner.shape[0]
-        live_rows = sorted({int(st.stream_row[i]) for i in range(len(st.done)) if not st.done[i]})
+        live_rows = sorted({st.stream_row[i] for i in range(len(st.done)) if not st.done[i]})
         if len(live_rows) == rows:
             return cache
         if keep_cache:
             for i in range(len(st.done)):
-                r = int(st.stream_row[i])
+                r = st.stream_row[i]
                 if r >= 0 and r not in live_rows:
                     st.kept[i] = row_cache(cache, st.cache_owner, st.cache_ids, r)
         keep = torch.tensor(live_rows, device=st.cache_owner.device)
@@ -705,42 +708,40 @@ class DecodingEngine:
         st.cache_owner, st.cache_ids = st.cache_owner[keep], st.cache_ids[keep]
         if st.cache_column is not None:
             st.cache_column = st.cache_column[keep]
-        remap = torch.full((rows,), -1, dtype=torch.long, device=keep.device)
-        remap[keep] = torch.arange(len(live_rows), device=keep.device)
-        st.stream_row = remap[st.stream_row.clamp(min=0)].where(st.stream_row >= 0, st.stream_row)
+        renumber = {r: j for j, r in enumerate(live_rows)}
+        st.stream_row = [renumber.get(r, -1) for r in st.stream_row]
         return cache
 
-    def _step_inputs(self, st: _State, fed: list[int], branch: torch.Tensor | None, width: int = 1):
+    def _step_inputs(self, st: _State, fed: list[int], branch: list[int] | None, width: int = 1):
         """Tokens of one step: ``(R, K)`` ids, positions (``(R, K, 2)`` column and branch
         when ``branch`` gives each stream's branch id), owners, and each fed stream's
         ``(row, k)`` slot in the order of ``fed``; ``K`` is the most fed streams any row
-        has, at least ``width``. Pad slots get position 0 (branch 0)."""
+        has, at least ``width``. Pad slots get position 0 (branch 0). Built on the host from
+        the loop's lists and sent to the device as whole tensors (a few copies, no reads)."""
         rows = st.cache_owner.shape[0]
         per_row: list[list[int]] = [[] for _ in range(rows)]
         for i in fed:
-            per_row[int(st.stream_row[i])].append(i)
+            per_row[st.stream_row[i]].append(i)
         k = max(width, *(len(r) for r in per_row))
-        dev = st.cache_owner.device
-        ids = torch.full((rows, k), self.pad_id, dtype=torch.long, device=dev)
-        pos = torch.zeros((rows, k) if branch is None else (rows, k, 2), dtype=torch.long, device=dev)
-        own = torch.full((rows, k), PAD, dtype=torch.long, device=dev)
+        empty = 0 if branch is None else [0, 0]
+        ids = [[self.pad_id] * k for _ in range(rows)]
+        pos = [[empty] * k for _ in range(rows)]
+        own = [[PAD] * k for _ in range(rows)]
         slot: dict[int, tuple[int, int]] = {}
         for r, streams in enumerate(per_row):
             for j, i in enumerate(streams):
-                ids[r, j] = st.feed[i]
-                if branch is None:
-                    pos[r, j] = st.position[i]
-                else:
-                    pos[r, j, 0], pos[r, j, 1] = st.position[i], branch[i]
-                own[r, j] = i
+                ids[r][j], own[r][j] = st.feed[i], i
+                pos[r][j] = st.position[i] if branch is None else [st.position[i], branch[i]]
                 slot[i] = (r, j)
+        dev = st.cache_owner.device
+
+        def tensor(values) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=dev)
+
         # Gather indices in the order of `fed` (live streams first: the order logits are
         # picked in).
-        where = (
-            torch.tensor([slot[i][0] for i in fed], device=dev),
-            torch.tensor([slot[i][1] for i in fed], device=dev),
-        )
-        return ids, pos, own, where
+        where = (tensor([slot[i][0] for i in fed]), tensor([slot[i][1] for i in fed]))
+        return tensor(ids), tensor(pos), tensor(own), where
 
     @staticmethod
     def _stream_configs(layout: Layout, config) -> list[GenerationConfig]:
