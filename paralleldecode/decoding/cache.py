@@ -65,6 +65,23 @@ class RowCache:
         return n
 
 
+# On CUDA a call's buffers hold a multiple of this many slots: inductor specialises compiled
+# CUDA kernels on whether a size is divisible by 16 bytes, so a step compiled for one buffer
+# length was compiled again (about 20 s on an H200's host) for a call whose length differed in
+# that. The CPU's compiled step is not specialised so, and aligned buffers measured slower
+# there (the embedded model, fp32, 2-core Intel Xeon: 54.7 against 52.0 ms per step for five
+# rows, 52.6 against 49.8 for five branches, medians of one A/B run): they are not rounded.
+ROOM_MULTIPLE = 16
+
+
+def reserved_slots(tokens: int, device: torch.device) -> int:
+    """The slots per row to reserve for ``tokens`` tokens on ``device``: on CUDA rounded up to
+    a multiple of :data:`ROOM_MULTIPLE`, elsewhere ``tokens``."""
+    if device.type != "cuda":
+        return tokens
+    return -(-tokens // ROOM_MULTIPLE) * ROOM_MULTIPLE
+
+
 def new_cache(config, tokens: int = 0):
     """An empty ``DynamicCache`` for a model whose full-attention layers are
     :class:`GrowingLayer`, with room reserved for ``tokens`` tokens per row."""
@@ -75,23 +92,10 @@ def new_cache(config, tokens: int = 0):
     return cache
 
 
-# A layer's buffer holds a multiple of this many slots. Compiled CUDA kernels are specialised
-# on whether a size is divisible by 16 bytes, so a graph compiled for one buffer length was
-# compiled again (about 20 s on an H200's host) for the next whose length differed in that;
-# with aligned buffers every call takes the same graph.
-ROOM_MULTIPLE = 16
-
-
-def aligned(slots: int) -> int:
-    """``slots`` rounded up to a multiple of :data:`ROOM_MULTIPLE`."""
-    return -(-slots // ROOM_MULTIPLE) * ROOM_MULTIPLE
-
-
 class GrowingLayer(DynamicLayer):
     """A full-attention cache layer that appends into a buffer reserved ahead (for a whole
     call: prompt and answers), so a step copies only its own tokens, not the whole cache;
-    ``keys`` and ``values`` are views of the buffer's first ``n`` slots. The buffer's length
-    is a multiple of :data:`ROOM_MULTIPLE`.
+    ``keys`` and ``values`` are views of the buffer's first ``n`` slots.
 
     Args:
         reserve: tokens per row to allocate room for on the first write.
@@ -110,7 +114,7 @@ class GrowingLayer(DynamicLayer):
         buf = self.buffers
         if buf is None or new > buf[0].shape[-2] or buf[0].shape[:2] != key_states.shape[:2] \
                 or self.keys.data_ptr() != buf[0].data_ptr():
-            room = aligned(max(new, self.reserve, int(new * 1.25) + 16 if buf is not None else 0))
+            room = max(new, self.reserve, int(new * 1.25) + 16 if buf is not None else 0)
             buf = tuple(t.new_empty((*t.shape[:2], room, t.shape[-1])) for t in (key_states, value_states))
             if old:
                 buf[0][..., :old, :] = self.keys
@@ -132,7 +136,7 @@ class GrowingLayer(DynamicLayer):
             the ``(rows, H, length, D)`` key and value views to fill.
         """
         h, _, d = like.shape
-        room = aligned(max(length, self.reserve))
+        room = max(length, self.reserve)
         self.buffers = (like.new_empty((rows, h, room, d)), like.new_empty((rows, h, room, d)))
         self.lazy_initialization(self.buffers[0], self.buffers[1])
         self.keys, self.values = self.buffers[0][..., :length, :], self.buffers[1][..., :length, :]

@@ -44,6 +44,7 @@ from paralleldecode.decoding.cache import (
     RowCache,
     fill_left_padded,
     new_cache,
+    reserved_slots,
     row_cache,
     stack_row_caches,
 )
@@ -544,7 +545,7 @@ class DecodingEngine:
         b = ids.shape[0]
         pasts = layout.past if layout.past is not None and layout.past_tokens else None
         longest_past = max((len(p) for p in pasts if p is not None), default=0) if pasts else 0
-        cache = new_cache(self.model.config, longest_past + ids.shape[1] + decode_tokens)
+        cache = new_cache(self.model.config, reserved_slots(longest_past + ids.shape[1] + decode_tokens, dev))
         if pasts is not None:
             past_owner = stack_row_caches([_to(p, dev) for p in pasts], cache)
             length = past_owner.shape[1]
@@ -587,7 +588,7 @@ class DecodingEngine:
         the longest: the decoding steps then serve all of them at once."""
         done = [self._prefill(p, logits) for p in parts]
         length = max(d[1].shape[1] for d in done)
-        cache = new_cache(self.model.config, length + decode_tokens)
+        cache = new_cache(self.model.config, reserved_slots(length + decode_tokens, self.device))
 
         def padded(tensors: list[torch.Tensor], fill: int) -> torch.Tensor:
             return torch.cat([torch.nn.functional.pad(t, (length - t.shape[1], 0), value=fill) for t in tensors])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from paralleldecode.decoding import DecodingEngine, GenerationConfig, independent_rows
-from paralleldecode.decoding.cache import ROOM_MULTIPLE, GrowingLayer
+from paralleldecode.decoding.cache import reserved_slots
 from paralleldecode.decoding.layout import PAD, prefill_mask, step_mask
 from paralleldecode.models.loading import load_causal_lm
 
@@ -121,19 +121,13 @@ def test_config_rejects_bad_values():
         GenerationConfig(top_p=0)
 
 
-def test_cache_buffers_hold_a_multiple_of_16_slots():
-    """Reserved, started and grown buffers alike: compiled CUDA steps are specialised on a
-    length's divisibility, so an unaligned buffer would compile the step again."""
-    k = torch.randn(2, 3, 5, 8)
-    layer = GrowingLayer(reserve=330)
-    keys, values = layer.update(k, k)
-    assert layer.buffers[0].shape[-2] == 336 and keys.shape[-2] == 5
-    torch.testing.assert_close(values, k)
-    grown = GrowingLayer()
-    grown.update(k, k)
-    grown.update(torch.randn(2, 3, 40, 8), torch.randn(2, 3, 40, 8))
-    assert grown.keys.shape[-2] == 45 and grown.buffers[0].shape[-2] % ROOM_MULTIPLE == 0
-    torch.testing.assert_close(grown.keys[..., :5, :], k)
-    started = GrowingLayer(reserve=17)
-    keys, _ = started.start(k[0], rows=4, length=9)
-    assert keys.shape == (4, 3, 9, 8) and started.buffers[0].shape[-2] == 32
+def test_cuda_buffers_hold_a_multiple_of_16_slots_and_cpu_buffers_what_they_need(tiny_models):
+    """Compiled CUDA steps are specialised on a length's divisibility, so an unaligned buffer
+    would compile the step again; on the CPU aligned buffers measured slower."""
+    assert [reserved_slots(n, torch.device("cuda")) for n in (1, 16, 17, 330)] == [16, 16, 32, 336]
+    assert [reserved_slots(n, torch.device("cpu")) for n in (1, 16, 17, 330)] == [1, 16, 17, 330]
+    model, tok = load_causal_lm(str(tiny_models["llama"]))
+    engine = DecodingEngine(model, tok, compile="off")
+    layout = independent_rows([[5] * 9, [6] * 4], engine.pad_id)
+    cache = engine._prefill(layout, decode_tokens=8)[0]
+    assert cache.layers[0].buffers[0].shape[-2] == 9 + 8
