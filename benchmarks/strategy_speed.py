@@ -537,6 +537,8 @@ def main() -> None:
                     default="all_in_one,sequential,sequential_cached,batch,batch_cached,one_sequence,vllm")
     ap.add_argument("--pack", default="4,8", help="groups per packed call in the throughput mode")
     ap.add_argument("--prefill-chunk", type=int, default=512)
+    ap.add_argument("--plain-chunk", type=int, default=8192,
+                    help="most slots of the one maskless prefill pass (a plain causal start)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16 (the vllm rows too)")
@@ -555,10 +557,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     model, tok = load_causal_lm(args.model, dtype=args.dtype, device=args.device)
-    ctx = RunContext(DecodingEngine(model, tok, prefill_chunk=args.prefill_chunk, compile=args.compile),
+    chunks = {"prefill_chunk": args.prefill_chunk, "plain_chunk": args.plain_chunk}
+    ctx = RunContext(DecodingEngine(model, tok, compile=args.compile, **chunks),
                      PromptRenderer(tok), GenerationConfig(max_new_tokens=args.max_new_tokens))
-    eager_ctx = dataclasses.replace(ctx, engine=DecodingEngine(model, tok, prefill_chunk=args.prefill_chunk,
-                                                               compile="off"))
+    eager_ctx = dataclasses.replace(ctx, engine=DecodingEngine(model, tok, compile="off", **chunks))
     compile_seconds = ctx.engine.warm_up(packed=bool(args.throughput and args.pack))
     gpu = torch.cuda.get_device_name(ctx.engine.device) if ctx.engine.device.type == "cuda" else None
     print(f"cpu: {cpu_name()}" + (f"\ngpu: {gpu}" if gpu else "") + f"\ndecoding steps: {ctx.engine.compile_note}" +
@@ -590,18 +592,20 @@ def main() -> None:
 
     report = {"model": args.model, "data": args.data or "demo", "max_new_tokens": args.max_new_tokens,
               "strategy_options": options, "dtype": str(model.dtype), "device": str(ctx.engine.device),
-              "torch_threads": torch.get_num_threads(), "prefill_chunk": args.prefill_chunk,
+              "torch_threads": torch.get_num_threads(), **chunks,
               "compile": args.compile, "compiled": ctx.engine.steps is not None,
               "compile_seconds": compile_seconds, "engine": ctx.engine.compile_note, "cpu": cpu_name(), "gpu": gpu,
               "weights_mib": weights / 2**20, "paragraph": {}, "article": {},
               "vllm": {"startup_seconds": server.startup_seconds, "python": str(server.python)} if server else None}
 
     def chunk_activation(rows: int, length: int) -> int:
-        """Bytes of one prefill chunk's largest transient tensors: the MLP's intermediate
-        and the attention scores of one layer, for ``rows`` rows against ``length`` keys."""
+        """Bytes of one prefill pass's largest transient tensors, for ``rows`` rows against
+        ``length`` keys: a masked chunk's MLP intermediate and one layer's attention scores,
+        or the one maskless pass's MLP intermediate (its causal kernel keeps no scores)."""
         q = min(args.prefill_chunk, length)
-        scores = rows * cfg.num_attention_heads * q * length
-        return (rows * q * cfg.intermediate_size * 3 + scores) * next(model.parameters()).element_size()
+        masked = rows * q * cfg.intermediate_size * 3 + rows * cfg.num_attention_heads * q * length
+        plain = min(max(args.plain_chunk, args.prefill_chunk), length) * cfg.intermediate_size * 3
+        return max(masked, plain) * next(model.parameters()).element_size()
 
     for g in (int(x) for x in args.sizes.split(",") if x):
         groups = groups_of_size(pool, g, args.groups, args.seed)

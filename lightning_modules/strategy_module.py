@@ -160,6 +160,9 @@ class StrategyModule(L.LightningModule):
             :mod:`paralleldecode.strategies.packing`); answers are those of an unpacked run.
             A no-op with batch size 1 and on API back-ends.
         prefill_chunk: most prompt tokens per row in one prefill forward pass.
+        plain_chunk: most tokens of the one prefill pass that needs no mask (a single row's
+            plain causal start over an empty cache: a shared context, a lone prompt), which
+            torch's causal kernel computes without keeping attention scores.
         compile: ``auto``, ``on`` or ``off``: decode with compiled steps
             (:mod:`paralleldecode.decoding.compiled`; ``auto`` compiles a model of 50M
             parameters or more on a CPU; where steps compile, the prefill's linears run on
@@ -199,6 +202,7 @@ class StrategyModule(L.LightningModule):
         strategy_options: dict[str, dict[str, Any]] | None = None,
         pack_groups: bool = False,
         prefill_chunk: int = 512,
+        plain_chunk: int = 8192,
         compile: Literal["auto", "on", "off"] = "auto",
         resume: bool = False,
         on_error: Literal["record", "raise"] = "record",
@@ -210,8 +214,9 @@ class StrategyModule(L.LightningModule):
         check_literals(StrategyModule.__init__, locals())
         check_strategy_choice(strategies, strategy_options,
                               {name: tuple(strategy_option_names(name)) for name in strategy_names()}, "model")
-        if prefill_chunk < 1:
-            raise OptionError(f"model.prefill_chunk must be >= 1, got {prefill_chunk}")
+        for name, value in (("prefill_chunk", prefill_chunk), ("plain_chunk", plain_chunk)):
+            if value < 1:
+                raise OptionError(f"model.{name} must be >= 1, got {value}")
         # Fails here, before any weights load, on an unknown name or a folder in the way.
         refuse_overwrite(output_dir, resume)
         options = strategy_options or {}
@@ -291,12 +296,13 @@ class StrategyModule(L.LightningModule):
     def _engine(self) -> DecodingEngine:
         """An engine over the loaded model (engines over one model share compiled steps)."""
         return DecodingEngine(self.model, self.tokenizer, prefill_chunk=self.hparams.prefill_chunk,
-                              compile=self.hparams.compile)
+                              plain_chunk=self.hparams.plain_chunk, compile=self.hparams.compile)
 
     def answer_settings(self) -> dict[str, Any]:
         """The options that decide the answers (a resumed run must use the same): all but
         the strategy list (a resumed run may add strategies) and how the work is run."""
-        how = {"strategies", "output_dir", "resume", "on_error", "pack_groups", "prefill_chunk", "compile"}
+        how = {"strategies", "output_dir", "resume", "on_error", "pack_groups", "prefill_chunk", "plain_chunk",
+               "compile"}
         settings = {k: v for k, v in self.hparams.items() if k not in how}
         settings["backend"] = repr(self.backend) if self.backend is not None else None
         return settings

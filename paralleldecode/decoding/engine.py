@@ -226,6 +226,11 @@ class DecodingEngine:
         prefill_chunk: most prompt slots per row that one prefill forward computes; longer
             prompts are prefilled in several calls (each a forward pass), so attention
             scores and masks stay ``rows x prefill_chunk x L`` instead of ``rows x L x L``.
+        plain_chunk: most slots of the one prefill pass that needs no mask at all: a single
+            row's plain causal start (a shared prefix, a lone prompt) over an empty cache,
+            which torch's causal kernel computes without keeping scores; what follows goes
+            in ``prefill_chunk`` passes. Smaller than ``prefill_chunk`` means
+            ``prefill_chunk``.
         compile: ``"auto"``, ``"on"`` or ``"off"``: whether decoding steps of 1D layouts
             run as one compiled graph (:mod:`~paralleldecode.decoding.compiled`, which says
             what ``auto`` picks); columnar layouts and a mixer always decode eagerly. The
@@ -233,14 +238,16 @@ class DecodingEngine:
     """
 
     def __init__(self, model, tokenizer, mixer=None, mix_layer: int = -1,
-                 prefill_chunk: int = 512, compile: str | bool = "auto") -> None:
-        if prefill_chunk < 1:
-            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+                 prefill_chunk: int = 512, compile: str | bool = "auto", plain_chunk: int = 8192) -> None:
+        for name, value in (("prefill_chunk", prefill_chunk), ("plain_chunk", plain_chunk)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         self.model = model
         self.tokenizer = tokenizer
         self.mixer = mixer
         self.mix_layer = mix_layer
         self.prefill_chunk = prefill_chunk
+        self.plain_chunk = max(plain_chunk, prefill_chunk)
         on, self.compile_note = resolve(compile, model)
         if compile in ("on", True) and not on:
             log.warning("compile: decoding eagerly: %s", self.compile_note)
@@ -605,13 +612,22 @@ class DecodingEngine:
 
     def _chunks(self, layout: Layout, key_owner: torch.Tensor, offset: int) -> list[tuple[int, int, bool]]:
         """``(start, stop, plain)`` slot ranges of the layout's own slots, at most
-        ``prefill_chunk`` long; ``plain`` ranges go through the model's causal path."""
+        ``prefill_chunk`` long; ``plain`` ranges go through the model's causal path. The
+        first plain range over an empty cache may be ``plain_chunk`` long: with nothing
+        cached, the model's causal path builds no mask (torch's causal kernel skips the
+        masked half and keeps no scores), where a later chunk attends over the cache
+        through a ``chunk x L`` mask. Measured on the embedded model (a 4,772-token
+        context, ten branches, fp32, 2-core Intel Xeon): 9.5 s in chunks of 512, 8.8 s
+        with the context in one pass."""
         t = layout.input_ids.shape[1]
         plain_end = self._plain_length(layout, key_owner, offset)
         bounds = []
-        for lo, hi, plain in ((0, plain_end, True), (plain_end, t, False)):
-            for a in range(lo, hi, self.prefill_chunk):
-                bounds.append((a, min(a + self.prefill_chunk, hi), plain))
+        a = 0
+        if plain_end and offset == 0:
+            bounds.append((0, a := min(self.plain_chunk, plain_end), True))
+        for lo, hi, plain in ((a, plain_end, True), (plain_end, t, False)):
+            for b in range(lo, hi, self.prefill_chunk):
+                bounds.append((b, min(b + self.prefill_chunk, hi), plain))
         return bounds
 
     @staticmethod

@@ -169,7 +169,8 @@ class Columnar(Batch):
                             "no checkpoint given or found under %s; expect base-model quality",
                             pair_indices_of(model), self.checkpoint_dir)
             isolate = trained_isolate if self.isolate is None else bool(self.isolate)
-            self._engines[key] = (DecodingEngine(model, ctx.engine.tokenizer, prefill_chunk=ctx.engine.prefill_chunk),
+            self._engines[key] = (DecodingEngine(model, ctx.engine.tokenizer, prefill_chunk=ctx.engine.prefill_chunk,
+                                                 plain_chunk=ctx.engine.plain_chunk),
                                   trained, isolate)
         return self._engines[key]
 

@@ -94,7 +94,8 @@ class TrainedBatch(Batch):
                                                     expected_method=self.method)
                 self._engines[key] = DecodingEngine(net.lm, ctx.engine.tokenizer, mixer=net.mixer,
                                                     mix_layer=net.mix_layer,
-                                                    prefill_chunk=ctx.engine.prefill_chunk)
+                                                    prefill_chunk=ctx.engine.prefill_chunk,
+                                                    plain_chunk=ctx.engine.plain_chunk)
         return self._engines[key]
 
     def run(self, group: QuestionGroup, ctx: RunContext) -> GroupRun:

@@ -50,7 +50,7 @@ def test_chunked_prefill_gives_the_same_tokens(model_and_tok, attn, build):
     model.config._attn_implementation = attn
     ids = _ids(tok)
     whole = DecodingEngine(model, tok).generate(build(ids, tok.pad_token_id), GREEDY)
-    chunked = DecodingEngine(model, tok, prefill_chunk=5).generate(build(ids, tok.pad_token_id), GREEDY)
+    chunked = DecodingEngine(model, tok, prefill_chunk=5, plain_chunk=5).generate(build(ids, tok.pad_token_id), GREEDY)
     model.config._attn_implementation = "sdpa"
     assert _tokens(chunked) == _tokens(whole)
     longest = build(ids, tok.pad_token_id).input_ids.shape[1]
@@ -67,6 +67,42 @@ def test_chunked_columnar_prefill_gives_the_same_tokens(tiny_models, isolate):
     chunked = DecodingEngine(model, tok, prefill_chunk=4).generate(columnar_prompts(ids, 0, isolate), GREEDY)
     assert _tokens(chunked) == _tokens(whole)
     assert chunked.prefill_passes > whole.prefill_passes == 1
+
+
+def test_the_plain_start_goes_in_one_pass_up_to_plain_chunk(model_and_tok):
+    """A shared prefix over an empty cache is one maskless pass of up to ``plain_chunk``
+    slots; past that, and after it, passes of ``prefill_chunk``; the tokens are the fully
+    chunked prefill's."""
+    model, tok = model_and_tok
+    ids = _ids(tok)
+    lay = shared_prefix(ids, tok.pad_token_id)
+    plain = int((lay.owner == SHARED).sum()) + int((lay.owner == 0).sum())
+    rest = lay.input_ids.shape[1] - plain
+    chunked = DecodingEngine(model, tok, prefill_chunk=4, plain_chunk=4).generate(lay, GREEDY)
+    for plain_chunk, passes in ((10_000, 1 + -(-rest // 4)), (8, 1 + -(-(plain - 8) // 4) + -(-rest // 4))):
+        engine = DecodingEngine(model, tok, prefill_chunk=4, plain_chunk=plain_chunk)
+        calls = []
+        hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape[1]),
+                                               with_kwargs=True)
+        try:
+            res = engine.generate(lay, GREEDY)
+        finally:
+            hook.remove()
+        assert _tokens(res) == _tokens(chunked)
+        assert res.prefill_passes == passes
+        assert calls[0] == min(plain_chunk, plain) and max(calls[1:res.prefill_passes]) <= 4
+    # A plain start after a cached prefix attends over that cache: prefill_chunk passes.
+    prefix, _ = split_common_prefix(ids)
+    pre = engine.prefill(independent_rows([prefix[:5]], tok.pad_token_id))
+    cont = engine.generate(independent_rows([ids[0]], tok.pad_token_id, past=[pre.caches[0]]), GREEDY)
+    assert cont.prefill_passes == -(-(len(ids[0]) - 5) // 4)
+    assert _tokens(cont)[0] == _tokens(chunked)[0]
+
+
+def test_plain_chunk_must_be_positive(model_and_tok):
+    model, tok = model_and_tok
+    with pytest.raises(ValueError, match="plain_chunk must be >= 1, got 0"):
+        DecodingEngine(model, tok, plain_chunk=0)
 
 
 def test_a_lone_prompt_takes_the_plain_path_and_a_shared_prefix_splits_there(model_and_tok):

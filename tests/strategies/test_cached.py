@@ -92,3 +92,12 @@ def test_cached_strategies_are_refused_on_api_backends(name):
     with pytest.raises(ValueError, match="token-level access to a local model"):
         StrategyModule(strategies=[name], backend=OpenAIClient(base_url="http://127.0.0.1:9/v1", model="m",
                                                                       api_key_env=None))
+
+
+@pytest.mark.parametrize("option", ["prefill_chunk", "plain_chunk"])
+def test_chunk_options_below_one_are_refused_by_name(option):
+    from lightning_modules.strategy_module import StrategyModule
+    from paralleldecode.errors import OptionError
+
+    with pytest.raises(OptionError, match=f"model.{option} must be >= 1, got 0"):
+        StrategyModule(strategies=["batch"], **{option: 0})

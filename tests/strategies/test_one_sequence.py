@@ -74,7 +74,7 @@ def test_branches_give_batch_answers_token_for_token(tiny_models, arch, attn):
 def test_a_chunked_prefill_counts_its_passes_apart_from_the_steps(tiny_models):
     ctx = _ctx(tiny_models["llama"])
     whole = get_strategy("one_sequence").run(GROUP, ctx)
-    ctx.engine.prefill_chunk = 16
+    ctx.engine.prefill_chunk = ctx.engine.plain_chunk = 16
     chunked = get_strategy("one_sequence").run(GROUP, ctx)
     assert [r.raw for r in chunked.results] == [r.raw for r in whole.results]
     assert chunked.cost.forward_passes > whole.cost.forward_passes + 2
