@@ -20,6 +20,11 @@ from paralleldecode.models.rope2d import install_rope2d
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
 
 
+def _chunks(n: int) -> dict:
+    """Prefill chunks of n slots, the plain start's included."""
+    return {"prefill_chunk": n, "plain_chunk": n}
+
+
 def _qkv(b, h, g, q, keys, d=16, seed=0):
     gen = torch.Generator().manual_seed(seed)
     # transformers hands the query over as a transposed (B, Q, H, D) projection
@@ -205,9 +210,9 @@ def test_engine_prefill_with_blocked_attention_gives_the_plain_tokens(llama):
     base = torch.randint(20, 400, (300,), generator=gen).tolist()
     seqs = [base + torch.randint(20, 400, (8,), generator=gen).tolist() for _ in range(10)]
     cfg = GenerationConfig(max_new_tokens=1, eos_token_ids=(), output_logits=True)
-    a = DecodingEngine(model, tok, compile="off", prefill_chunk=96, plain_chunk=96).generate(shared_prefix(seqs, 0), cfg)
+    a = DecodingEngine(model, tok, compile="off", **_chunks(96)).generate(shared_prefix(seqs, 0), cfg)
     assert attention._last_span is None  # the plain engine never called the kernel
-    b = DecodingEngine(model, tok, compile="on", prefill_chunk=96, plain_chunk=96).generate(shared_prefix(seqs, 0), cfg)
+    b = DecodingEngine(model, tok, compile="on", **_chunks(96)).generate(shared_prefix(seqs, 0), cfg)
     assert attention._last_span is not None
     assert [s.token_ids for s in b.streams] == [s.token_ids for s in a.streams]
     torch.testing.assert_close(torch.stack([s.logits for s in b.streams]),
@@ -228,7 +233,7 @@ def test_bfloat16_engine_prefill_goes_through_the_kernel(monkeypatch, tiny_model
     def logits(m, min_keys):
         monkeypatch.setattr(attention, "_last_span", None)
         monkeypatch.setattr(attention, "MIN_BF16_KEYS", min_keys)
-        out = DecodingEngine(m, tok, compile="on", prefill_chunk=96, plain_chunk=96).generate(shared_prefix(seqs, 0), cfg)
+        out = DecodingEngine(m, tok, compile="on", **_chunks(96)).generate(shared_prefix(seqs, 0), cfg)
         return torch.stack([s.logits for s in out.streams]).float(), attention._last_span is not None
 
     exact, _ = logits(wide, 0)

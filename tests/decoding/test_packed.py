@@ -23,6 +23,11 @@ def llama(tiny_models):
     return load_causal_lm(str(tiny_models["llama"]), attn_implementation="sdpa")
 
 
+def _chunks(n: int) -> dict:
+    """Prefill chunks of n slots, the plain start's included."""
+    return {"prefill_chunk": n, "plain_chunk": n}
+
+
 def _logits(model, ids):
     with torch.inference_mode():
         return model(input_ids=ids).logits
@@ -158,8 +163,8 @@ def test_chunked_shared_prefix_prefill_with_packed_linears(tiny_models):
     base = list(range(20, 80))
     seqs = [base + [90 + i, 91, 92] for i in range(4)]
     once = GenerationConfig(max_new_tokens=1, eos_token_ids=(), output_logits=True)
-    a = DecodingEngine(model, tok, compile="off", prefill_chunk=16, plain_chunk=16).generate(shared_prefix(seqs, 0), once)
-    b = DecodingEngine(model, tok, compile="on", prefill_chunk=16, plain_chunk=16).generate(shared_prefix(seqs, 0), once)
+    a = DecodingEngine(model, tok, compile="off", **_chunks(16)).generate(shared_prefix(seqs, 0), once)
+    b = DecodingEngine(model, tok, compile="on", **_chunks(16)).generate(shared_prefix(seqs, 0), once)
     assert [s.token_ids for s in b.streams] == [s.token_ids for s in a.streams]
     torch.testing.assert_close(torch.stack([s.logits for s in b.streams]),
                                torch.stack([s.logits for s in a.streams]), atol=1e-4, rtol=1e-4)

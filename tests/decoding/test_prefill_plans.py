@@ -81,8 +81,8 @@ def test_the_plain_start_goes_in_one_pass_up_to_plain_chunk(model_and_tok):
     chunked = DecodingEngine(model, tok, prefill_chunk=4, plain_chunk=4).generate(lay, GREEDY)
     for plain_chunk, passes in ((10_000, 1 + -(-rest // 4)), (8, 1 + -(-(plain - 8) // 4) + -(-rest // 4))):
         engine = DecodingEngine(model, tok, prefill_chunk=4, plain_chunk=plain_chunk)
-        calls = []
-        hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape[1]),
+        calls: list[int] = []
+        hook = model.register_forward_pre_hook(lambda m, a, kw, calls=calls: calls.append(kw["input_ids"].shape[1]),
                                                with_kwargs=True)
         try:
             res = engine.generate(lay, GREEDY)
