@@ -28,8 +28,10 @@ differ; their replies are compared with ``batch``'s and ``sequential``'s, every 
 ``vs vllm`` ratio, and the server's start-up (compile included) is reported apart, never in
 per-group time. vLLM's prefix cache is emptied before each of its rows' groups (and before
 each throughput pass): its rows reuse a prefix within a group as ``batch_cached`` and
-``sequential_cached`` do, never one that another row or an earlier repeat computed. Without
-``.venv-vllm`` the rows are skipped with one line saying how to get it.
+``sequential_cached`` do, never one that another row or an earlier repeat computed. The
+server is up only while its rows run: the engine's rows go first, alternating among
+themselves, then vLLM's (see :func:`server_up` for why). Without ``.venv-vllm`` the rows are
+skipped with one line saying how to get it.
 
 The engine's decoding steps are compiled (``--compile auto``, the package's default; see
 ``docs/engine.md``) before the first group, and the seconds that took are printed apart from
