@@ -112,8 +112,9 @@ class VLLMServer:
         port: the port; None picks a free one. A given port that is taken is refused.
         dtype: vLLM's ``--dtype`` (``float32`` matches the package's CPU default).
         max_model_len: the context window vLLM reserves (None: the model's).
-        kv_cache_gib: KV cache space on a CPU (``VLLM_CPU_KVCACHE_SPACE``); vLLM refuses to
-            start when less memory than this is free.
+        kv_cache_gib: KV cache space on a CPU (``VLLM_CPU_KVCACHE_SPACE``), a whole number of
+            GiB (vLLM refuses a fraction); vLLM refuses to start when less memory than this
+            is free.
         startup_timeout: seconds to wait for the server to answer (the first start compiles
             the model for a couple of minutes on a CPU; later starts reuse vLLM's cache).
         log_file: where the server's output goes (default: a new file in the temp folder).
@@ -137,7 +138,10 @@ class VLLMServer:
         self.port: int | None = None
         self.dtype = dtype
         self.max_model_len = max_model_len
-        self.kv_cache_gib = kv_cache_gib
+        if isinstance(kv_cache_gib, bool) or not float(kv_cache_gib).is_integer() or kv_cache_gib < 1:
+            raise ValueError(f"kv_cache_gib must be a whole number of GiB, at least 1 (vLLM's "
+                             f"VLLM_CPU_KVCACHE_SPACE takes no fraction), got {kv_cache_gib!r}")
+        self.kv_cache_gib = int(kv_cache_gib)
         self.startup_timeout = startup_timeout
         self.log_file = Path(log_file) if log_file is not None else None
         self.served_model_name = served_model_name or model
@@ -173,7 +177,7 @@ class VLLMServer:
             # vLLM-CPU computes on one core and keeps one for its front end unless told.
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in cores))
             env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-            env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.kv_cache_gib:g}")
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
         env.setdefault("HF_HUB_OFFLINE", "1")
         # vLLM 0.32's AOT compile cache does not load back on torch 2.13 ("'function' object
         # has no attribute 'finalize_loading'"), so every start compiled again (~95 s here);

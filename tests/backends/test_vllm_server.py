@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from paralleldecode.backends.vllm_server import (
     VLLMEngine,
@@ -49,6 +50,19 @@ def test_a_missing_environment_names_make_vllm(tmp_path):
 def test_a_python_without_vllm_is_refused_with_its_own_error():
     with pytest.raises(VLLMUnavailable, match=r"vLLM cannot be imported by .*No module named 'vllm'"):
         vllm_version(sys.executable)
+
+
+@pytest.mark.parametrize("gib", [1.5, 0, -2])
+def test_kv_cache_space_must_be_whole_gib(gib):
+    with pytest.raises(ValueError, match=rf"kv_cache_gib must be a whole number of GiB, at least 1 .*got {gib}"):
+        VLLMServer(MODEL, python=sys.executable, kv_cache_gib=gib)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the KV space setting is vLLM-CPU's")
+def test_a_whole_float_kv_cache_space_reaches_vllm_as_an_integer(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    server = VLLMServer(MODEL, python=sys.executable, kv_cache_gib=2.0)
+    assert server.environment()["VLLM_CPU_KVCACHE_SPACE"] == "2"
 
 
 def test_a_taken_port_is_named(tmp_path):
