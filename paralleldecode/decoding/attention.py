@@ -46,12 +46,20 @@ The model is switched to this function by its attention-implementation name
 :meth:`BlockedAttention.routed`, and back after. Only a model loaded with ``sdpa`` is
 switched.
 
+A second attention function here serves rows that all start from one past held once
+(``batch_cached``'s prefix; :class:`~paralleldecode.decoding.cache.SharedPastLayer`):
+:func:`shared_past_attention` attends each row to that one copy and to the row's own slots,
+and merges the two parts by their log-sum-exps (:class:`SharedPastAttention` switches it in
+for those calls only).
+
 Shapes: ``B`` rows, ``H`` query heads over ``G`` key/value heads, ``Q`` queries, ``L`` keys,
 ``D`` head size.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import logging
 import os
@@ -314,6 +322,98 @@ def blocked_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     return out.to(query.dtype), None
 
 
+# The batch cache whose shared past the current thread's forward reads (see shared_past_attention).
+_reading: contextvars.ContextVar = contextvars.ContextVar("paralleldecode_shared_past", default=None)
+
+
+@contextlib.contextmanager
+def reading_shared_past(cache):
+    """Inside, :func:`shared_past_attention` finds each layer's shared past in ``cache`` (a
+    :func:`~paralleldecode.decoding.cache.shared_past_cache`), for this thread only."""
+    token = _reading.set(cache)
+    try:
+        yield
+    finally:
+        _reading.reset(token)
+
+
+def shared_past_available(model) -> str | None:
+    """Why rows of ``model`` cannot read one shared past in place (they then take copies of
+    it), or None."""
+    parameter = next(model.parameters())
+    if parameter.device.type != "cpu":
+        return f"the shared-past kernel is torch's CPU flash attention; the model is on {parameter.device.type}"
+    if parameter.dtype not in DTYPES:
+        return f"the shared-past kernel takes float32 or bfloat16, the model is {parameter.dtype}"
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return f"the model's attention is {getattr(model.config, '_attn_implementation', None)!r}, not sdpa"
+    if getattr(model.config, "sub_configs", None):
+        return "a model with sub-configs keeps its own attention"
+    return None
+
+
+def shared_past_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, dropout: float = 0.0,
+                          scaling: float | None = None, is_causal: bool | None = None,
+                          **kwargs) -> tuple[torch.Tensor, None]:
+    """Attention of rows that all start from one past held once
+    (:class:`~paralleldecode.decoding.cache.SharedPastLayer`), with transformers'
+    attention-function signature.
+
+    Each row's queries attend to the ``P`` past keys and to the row's own ``n`` keys as if
+    they were one ``P + n`` row, without the past being copied into the rows: the past part
+    goes through torch's CPU flash kernel, every row reading the one copy (its batch stride
+    is 0), which also gives each query's log-sum-exp; the own part (a few dozen prompt slots
+    and the answers so far) through two float32 matmuls under the mask; the two partial
+    outputs are merged by their log-sum-exps. Every query of a row sees the whole past (it is
+    ``SHARED`` and has no padding), so only the mask's own columns are read. Outputs equal
+    sdpa's on the copied rows to float32 rounding.
+
+    Args:
+        query: ``(B, H, Q, D)``; key, value: ``(B, G, n, D)``, the rows' own slots, ``H`` a
+            multiple of ``G``.
+        attention_mask: ``(B or 1, 1, Q, P + n)``, bool (True = may see) or additive float.
+
+    Returns:
+        ``((B, Q, H, D)`` output in the query's dtype, None); a layer without a shared past
+        goes to transformers' sdpa function.
+    """
+    from paralleldecode.decoding.cache import SharedPastLayer
+
+    cache = _reading.get()
+    layer = cache.layers[module.layer_idx] if cache is not None else None
+    if not isinstance(layer, SharedPastLayer):
+        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                     is_causal=is_causal, **kwargs)
+    b, h, q, d = query.shape
+    groups, own, past = key.shape[1], key.shape[2], layer.past_length
+    if attention_mask is None or attention_mask.dim() != 4 or attention_mask.shape[-1] != past + own:
+        shape = None if attention_mask is None else tuple(attention_mask.shape)
+        raise ValueError(f"shared-past attention needs a (B, 1, Q, {past} + {own}) mask, got {shape}")
+    per = h // groups
+    scale = scaling if scaling is not None else d ** -0.5
+    fp32 = torch.float32
+    # The query heads that share a key/value head become the query rows of that head.
+    grouped = query.reshape(b, groups, per * q, d)
+    keys = layer.past_keys[None].expand(b, -1, -1, -1)
+    values = layer.past_values[None].expand(b, -1, -1, -1)
+    out_past, lse_past = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        grouped, keys, values, scale=scale)  # (B, G, per * Q, D), (B, G, per * Q)
+    scores = torch.matmul(grouped.to(fp32) * scale, key.to(fp32).transpose(-1, -2)).view(b, groups, per, q, own)
+    mask = attention_mask[:, :, None, :, past:]  # (B or 1, 1, 1, Q, n)
+    if mask.dtype == torch.bool:
+        scores.masked_fill_(~mask, float("-inf"))
+    else:
+        scores.add_(mask.to(fp32))
+    lse_own = torch.logsumexp(scores, -1)  # (B, G, per, Q)
+    probs = torch.exp(scores - lse_own[..., None]).view(b, groups, per * q, own)
+    out_own = torch.matmul(probs, value.to(fp32))  # (B, G, per * Q, D)
+    lse_past, lse_own = lse_past.to(fp32), lse_own.view(b, groups, per * q)
+    total = torch.logaddexp(lse_past, lse_own)
+    out = out_past.to(fp32) * torch.exp(lse_past - total)[..., None] + out_own * torch.exp(lse_own - total)[..., None]
+    return out.view(b, h, q, d).transpose(1, 2).to(query.dtype).contiguous(), None
+
+
 class AttentionSwitch(Router):
     """Switches one model from sdpa to the attention function :attr:`function`, registered
     with transformers as :attr:`name`, inside :meth:`routed`, and back after. One object per
@@ -355,5 +455,14 @@ class BlockedAttention(AttentionSwitch):
         keep_freed_memory()
 
 
+class SharedPastAttention(AttentionSwitch):
+    """Switches one model's attention to :func:`shared_past_attention` inside :meth:`routed`
+    (the engine routes the forward passes of rows that read one shared past)."""
+
+    name = "paralleldecode_shared_past"
+    function = staticmethod(shared_past_attention)
+
+
 __all__ = ["AttentionSwitch", "BLOCK_SCORES", "BlockedAttention", "DTYPES", "MIN_BF16_KEYS", "MIN_QUERIES", "NAME",
-           "available", "blocked_attention", "keep_freed_memory", "masked_span", "race", "slower_here"]
+           "SharedPastAttention", "available", "blocked_attention", "keep_freed_memory", "masked_span", "race",
+           "reading_shared_past", "shared_past_attention", "shared_past_available", "slower_here"]

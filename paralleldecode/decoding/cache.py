@@ -1,13 +1,15 @@
 """KV kept between engine calls: one row's cached tokens, and a batch cache built from them.
 
-A prefix cache (``batch_cached``: the shared context computed once, copied into every
+A prefix cache (``batch_cached``: the shared context computed once, read by every
 question's row) and a conversation cache (``sequential_cached``: everything already
 processed is kept from turn to turn) are both *rows that start from computed KV*. A
 :class:`RowCache` holds that KV for one row: the token ids it was computed for, in order, at
-positions ``0..n-1``, and one ``(H_kv, n, D)`` key and value tensor per layer. The engine
-left-pads the rows' caches to a common length and stacks them into the batch's
+positions ``0..n-1``, and one ``(H_kv, n, D)`` key and value tensor per layer. Rows that
+all start from one row cache read it in place where the model allows it
+(:class:`SharedPastLayer`: the cache holds it once, each row only what follows); otherwise
+the engine left-pads the rows' caches to a common length and stacks them into the batch's
 ``DynamicCache`` (so ``G`` rows starting from one prefix hold ``G`` real copies of it, and
-the engine's KV figures count them), and can hand each row's KV back at the end of a call.
+the engine's KV figures count them). It can hand each row's KV back at the end of a call.
 
 The engine's batch cache is a transformers ``DynamicCache`` whose full-attention layers
 are :class:`GrowingLayer`: the stock layer concatenates every step's keys onto the whole
@@ -162,6 +164,60 @@ class GrowingLayer(DynamicLayer):
         """Memory the layer holds: its whole buffer, not only the slots in use."""
         tensors = self.buffers if self.buffers is not None else (self.keys, self.values)
         return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+class SharedPastLayer(GrowingLayer):
+    """A :class:`GrowingLayer` whose rows all start from one past, held once.
+
+    ``G`` rows that start from the same prefix (``batch_cached``: the context prefilled once,
+    then one row per question) need not hold ``G`` copies of its KV: this layer keeps the
+    past's ``(H, P, D)`` keys and values as they are (no copy) and grows, per row, only what
+    follows them (``keys``/``values``: ``(B, H, n, D)``, the rows' own slots). Attention then
+    reads the past from that one copy for every row
+    (:func:`~paralleldecode.decoding.attention.shared_past_attention`), as a serving engine's
+    prefix cache reads shared blocks. Sequence lengths count the past.
+
+    Args:
+        reserve: own slots per row to allocate room for on the first write.
+        past_keys: ``(H, P, D)``.
+        past_values: ``(H, P, D)``.
+    """
+
+    def __init__(self, reserve: int, past_keys: torch.Tensor, past_values: torch.Tensor) -> None:
+        super().__init__(reserve)
+        self.past_keys, self.past_values = past_keys, past_values
+
+    @property
+    def past_length(self) -> int:
+        return self.past_keys.shape[-2]
+
+    def get_seq_length(self) -> int:
+        return self.past_length + super().get_seq_length()
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    @property
+    def held_bytes(self) -> int:
+        past = sum(t.numel() * t.element_size() for t in (self.past_keys, self.past_values))
+        return super().held_bytes + past
+
+
+def shared_past_cache(config, past: RowCache, tokens: int):
+    """An empty batch cache whose rows all start from ``past`` without copying it (see
+    :class:`SharedPastLayer`), with room for ``tokens`` own tokens per row; None when a layer
+    of the model is not a full-attention one (the rows then take copies)."""
+    cache = new_cache(config, tokens)
+    if len(cache.layers) != len(past.keys) or any(type(layer) is not GrowingLayer for layer in cache.layers):
+        return None
+    cache.layers = [SharedPastLayer(tokens, k, v) for k, v in zip(past.keys, past.values)]
+    return cache
+
+
+def shares_past(cache) -> bool:
+    """Whether ``cache`` is one of :func:`shared_past_cache`'s."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and isinstance(layers[0], SharedPastLayer)
 
 
 def cache_layers(cache) -> list:

@@ -13,8 +13,9 @@ any layout works with stock Hugging Face modeling code; a row whose streams have
 finished is dropped from the cache so it stops costing compute.
 
 The prefill is a plan, not one call: rows may start from KV computed earlier
-(``Layout.past``: a shared prefix copied into every question's row, or a conversation kept
-from the previous turn), and the remaining prompt slots go through the model in chunks of
+(``Layout.past``: a shared prefix that every question's row reads, held once where the
+model allows it and copied into each row elsewhere, or a conversation kept from the
+previous turn), and the remaining prompt slots go through the model in chunks of
 at most ``prefill_chunk`` query slots per row, so no tensor grows with rows x L x L. A
 single row whose leading slots form a plain causal sequence (a shared prefix, a lone
 prompt) sends those through the model's own causal path, with no explicit mask at all.
@@ -37,7 +38,13 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from paralleldecode.decoding.attention import BlockedAttention, slower_here
+from paralleldecode.decoding.attention import (
+    BlockedAttention,
+    SharedPastAttention,
+    reading_shared_past,
+    shared_past_available,
+    slower_here,
+)
 from paralleldecode.decoding.attention import available as attention_available
 from paralleldecode.decoding.cache import (
     GrowingLayer,
@@ -46,6 +53,8 @@ from paralleldecode.decoding.cache import (
     new_cache,
     reserved_slots,
     row_cache,
+    shared_past_cache,
+    shares_past,
     stack_row_caches,
 )
 from paralleldecode.decoding.compiled import SlotBuffers, StepCompiler, resolve, step_width
@@ -235,10 +244,17 @@ class DecodingEngine:
             run as one compiled graph (:mod:`~paralleldecode.decoding.compiled`, which says
             what ``auto`` picks); columnar layouts and a mixer always decode eagerly. The
             ``PARALLELDECODE_COMPILE`` environment variable replaces ``auto`` for a process.
+        share_past: rows that all start from one row cache (``Layout.past``: a prefix
+            prefilled once for ``batch_cached``) read its KV in place, held once
+            (:class:`~paralleldecode.decoding.cache.SharedPastLayer`), where the model allows
+            it (:func:`~paralleldecode.decoding.attention.shared_past_available`: an sdpa
+            model on the CPU); such calls decode eagerly. False, or elsewhere: every row takes
+            a copy of it.
     """
 
     def __init__(self, model, tokenizer, mixer=None, mix_layer: int = -1,
-                 prefill_chunk: int = 512, compile: str | bool = "auto", plain_chunk: int = 8192) -> None:
+                 prefill_chunk: int = 512, compile: str | bool = "auto", plain_chunk: int = 8192,
+                 share_past: bool = True) -> None:
         for name, value in (("prefill_chunk", prefill_chunk), ("plain_chunk", plain_chunk)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -271,6 +287,9 @@ class DecodingEngine:
                 self.compile_note += " and blocked attention"
             else:
                 self.compile_note += f"; masked attention left as it is ({why})"
+        self.shared_attention = None
+        if share_past and shared_past_available(model) is None:
+            self.shared_attention = SharedPastAttention.for_model(model)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # Read once from the installed transformers: `cache` where it exists.
         self.cache_keyword = cache_keyword(model)
@@ -397,11 +416,13 @@ class DecodingEngine:
         steps = max(c.max_new_tokens for c in configs) + max((len(p) for p in layout.pending), default=0) + 1
         # Compiled steps keep one width for the whole call (finished streams feed padding):
         # see `step_width`.
-        slots = self.steps is not None and not layout.columnar
+        # Rows reading one shared past decode eagerly: the step graph holds whole rows.
+        share = not keep_cache and self._shared_past(layout) is not None
+        slots = self.steps is not None and not layout.columnar and not share
         width = step_width(layout.input_ids.shape[0], per_row) if slots else 1
         compiling = self.steps.compile_seconds if slots else 0.0
         cache, key_owner, key_ids, key_col, picked, passes = self._prefill(
-            layout, decode_tokens=max(per_row, width) * steps)
+            layout, decode_tokens=max(per_row, width) * steps, share=share)
         buffers = SlotBuffers.of(cache, key_owner, key_ids, self.pad_id) if slots else None
         prefill_passes = passes
         groups = layout.stream_group.to(dev)
@@ -531,12 +552,32 @@ class DecodingEngine:
             constraint.mask([live[j] for j in picking], rows)
             logits[picking] = rows
 
-    def _prefill(self, layout: Layout, logits: bool = True, decode_tokens: int = 0):
+    def _shared_past(self, layout: Layout) -> RowCache | None:
+        """The one row cache every row of ``layout`` starts from, when there are several rows
+        and they may read it in place (``share_past``), else None. Rows count as starting
+        from one cache when theirs hold the same tokens in the same tensors."""
+        pasts = layout.past
+        if self.shared_attention is None or pasts is None or len(pasts) < 2 or layout.parts is not None:
+            return None
+        first = pasts[0]
+        if first is None or not len(first):
+            return None
+        for p in pasts[1:]:
+            if p is None or p.tokens != first.tokens:
+                return None
+            for a, b in zip((*p.keys, *p.values), (*first.keys, *first.values)):
+                if a.data_ptr() != b.data_ptr() or a.shape != b.shape or a.stride() != b.stride():
+                    return None
+        return first
+
+    def _prefill(self, layout: Layout, logits: bool = True, decode_tokens: int = 0, share: bool = False):
         """Run the prompt slots through the model (see the module docstring).
 
         Args:
             decode_tokens: the most tokens the decoding steps may add per row, reserved in
                 the cache with the prompt's.
+            share: rows that all start from one past read it in place
+                (:meth:`_shared_past`) instead of each holding a copy.
 
         Returns:
             the cache, ``(B, L)`` owners, token ids and columns (None unless columnar) of its
@@ -552,9 +593,16 @@ class DecodingEngine:
         b = ids.shape[0]
         pasts = layout.past if layout.past is not None and layout.past_tokens else None
         longest_past = max((len(p) for p in pasts if p is not None), default=0) if pasts else 0
-        cache = new_cache(self.model.config, reserved_slots(longest_past + ids.shape[1] + decode_tokens, dev))
+        shared = self._shared_past(layout) if share else None
+        cache = None if shared is None else shared_past_cache(
+            self.model.config, _to(shared, dev), ids.shape[1] + decode_tokens)
+        if cache is not None:  # the rows read the one past in place
+            past_owner = torch.full((b, longest_past), SHARED, dtype=torch.long, device=dev)
+        else:
+            cache = new_cache(self.model.config, reserved_slots(longest_past + ids.shape[1] + decode_tokens, dev))
+            if pasts is not None:
+                past_owner = stack_row_caches([_to(p, dev) for p in pasts], cache)
         if pasts is not None:
-            past_owner = stack_row_caches([_to(p, dev) for p in pasts], cache)
             length = past_owner.shape[1]
             past_ids = torch.full((b, length), self.pad_id, dtype=torch.long, device=dev)
             for r, p in enumerate(pasts):
@@ -661,7 +709,11 @@ class DecodingEngine:
             dtype = next(self.model.parameters()).dtype
             kwargs.update(position_ids=positions, attention_mask=additive(mask, dtype))
         with contextlib.ExitStack() as kernels:
-            for router in (self.packed, self.attention):
+            attention = self.attention
+            if shares_past(cache):
+                attention = self.shared_attention
+                kernels.enter_context(reading_shared_past(cache))
+            for router in (self.packed, attention):
                 if router is not None:
                     kernels.enter_context(router.routed())
             if self.mixer is None:

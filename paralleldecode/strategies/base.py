@@ -213,7 +213,7 @@ class RunContext:
             reply: the reply format of every stream, or one per stream (they share their
                 opening and close; their schemas may differ, e.g. each question's letters).
             layout: ``"rows"`` (each stream its own padded row), ``"prefix_cached"`` (rows
-                whose common prefix is prefilled once and its KV copied into every row),
+                whose common prefix is prefilled once and its KV read by every row),
                 ``"shared_prefix"`` (one row: the streams' common prefix once, then one
                 branch per stream), or ``"columnar"`` / ``"columnar_isolated"`` (the common
                 prefix as background, branches decoded column by column under 2D
@@ -251,7 +251,8 @@ class RunContext:
 
     def _prefix_cached(self, ids: list[list[int]], gen: GenerationConfig, constraint=None) -> GenerationResult:
         """Prefill the prompts' common prefix once in one row, then decode rows that each
-        start from a copy of its KV; without a common prefix this is ``rows``."""
+        start from its KV (read in place where the engine can, else a copy per row; see
+        ``DecodingEngine(share_past=...)``); without a common prefix this is ``rows``."""
         prefix, _ = split_common_prefix(ids)
         if not prefix:
             return self.run_engine(independent_rows(ids, self.engine.pad_id), gen, constraint=constraint)

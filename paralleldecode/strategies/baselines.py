@@ -13,8 +13,12 @@ Two baselines do what a serving engine with prefix caching does, so the shared-p
 strategies are measured against what users really run, not only against recomputation:
 
 * ``batch_cached``: ``batch``'s prompts; their common prefix is prefilled once in one row,
-  its KV copied into one row per question, then each row prefills the rest of its prompt and
+  one row per question starts from its KV, then each row prefills the rest of its prompt and
   the rows decode as an ordinary batch (vLLM's automatic prefix caching, SGLang's ``fork``).
+  The rows read one copy of the prefix's KV, as a serving engine's shared cache blocks are
+  read, where the engine allows it (an sdpa model on the CPU); elsewhere each row holds a
+  copy. Either way each row attends to the prefix on its own: ``G`` rows read it ``G``
+  times per step, where ``one_sequence``'s branches read it once together.
 * ``sequential_cached``: ``sequential``'s conversation, keeping the KV of everything
   processed so far from turn to turn; each turn computes only what is new (the last reply
   as the chat template writes it, and the next question), as a chat server with prefix
@@ -105,7 +109,7 @@ class SequentialCached(Sequential):
 
 @register
 class BatchCached(Batch):
-    """``batch`` with the prompts' common prefix prefilled once and copied into every row."""
+    """``batch`` with the prompts' common prefix prefilled once and read by every row."""
 
     name = "batch_cached"
     layout = "prefix_cached"

@@ -17,6 +17,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from paralleldecode.decoding import (
     DecodingEngine,
     GenerationConfig,
+    RowCache,
     independent_rows,
     shared_prefix,
     stack_layouts,
@@ -94,7 +95,13 @@ def test_rows_from_a_prefix_cache_and_kept_caches(engines):
     greedy = GenerationConfig(max_new_tokens=10, eos_token_ids=())
     prefix = ids[0][:12]
     pre = eager.prefill(independent_rows([prefix], pad)).caches
-    _same(eager, compiled, lambda: independent_rows(ids, pad, past=pre * 4), greedy)
+    # Rows that all start from one cache read it in place, and such calls decode eagerly.
+    shared = compiled.generate(independent_rows(ids, pad, past=pre * 4), greedy)
+    plain = eager.generate(independent_rows(ids, pad, past=pre * 4), greedy)
+    assert not shared.compiled and [s.token_ids for s in shared.streams] == [s.token_ids for s in plain.streams]
+    # Rows holding copies (two caches here) decode compiled.
+    other = RowCache(pre[0].tokens, [k.clone() for k in pre[0].keys], [v.clone() for v in pre[0].values])
+    _same(eager, compiled, lambda: independent_rows(ids, pad, past=pre * 2 + [other] * 2), greedy)
     # A conversation carried from call to call (sequential_cached): kept caches agree too.
     a, b = _same(eager, compiled, lambda: independent_rows(ids[:1], pad), greedy, keep_cache=True)
     assert a.caches[0].tokens == b.caches[0].tokens

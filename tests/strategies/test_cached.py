@@ -42,9 +42,28 @@ def test_batch_cached_gives_batch_answers_and_counts_the_prefix_once(tiny_models
     assert cached.cost.prompt_tokens == one.cost.prompt_tokens < batch.cost.prompt_tokens == sum(prompts)
     # One prefill of the prefix, then batch's calls.
     assert cached.cost.forward_passes == batch.cost.forward_passes + 1
-    # Every row holds its own copy of the prefix: the KV is batch's, not one_sequence's.
-    assert cached.cost.peak_cache_bytes == batch.cost.peak_cache_bytes
-    assert one.cost.peak_cache_bytes < cached.cost.peak_cache_bytes
+    if attn == "sdpa":
+        # The rows read one copy of the prefix (a shared past): less KV than batch's rows.
+        assert one.cost.peak_cache_bytes < cached.cost.peak_cache_bytes < batch.cost.peak_cache_bytes
+    else:
+        # The shared-past kernel takes sdpa models: every row holds its own copy.
+        assert cached.cost.peak_cache_bytes == batch.cost.peak_cache_bytes
+
+
+def _shared_and_copied(folder, **options):
+    model, tok = load_causal_lm(str(folder), attn_implementation="sdpa")
+    return [RunContext(DecodingEngine(model, tok, share_past=share, **options), PromptRenderer(tok),
+                       GenerationConfig(max_new_tokens=8)) for share in (True, False)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_rows_reading_one_shared_prefix_decode_as_rows_holding_copies(tiny_models, arch):
+    shared, copied = _shared_and_copied(tiny_models[arch], compile="off")
+    a, b = get_strategy("batch_cached").run(GROUP, shared), get_strategy("batch_cached").run(GROUP, copied)
+    assert [r.raw for r in a.results] == [r.raw for r in b.results]
+    assert a.cost.forward_passes == b.cost.forward_passes
+    plain = get_strategy("batch").run(GROUP, copied).cost.peak_cache_bytes
+    assert a.cost.peak_cache_bytes < b.cost.peak_cache_bytes == plain
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
