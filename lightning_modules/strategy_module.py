@@ -163,6 +163,10 @@ class StrategyModule(L.LightningModule):
         plain_chunk: most tokens of the one prefill pass that needs no mask (a single row's
             plain causal start over an empty cache: a shared context, a lone prompt), which
             torch's causal kernel computes without keeping attention scores.
+        share_past: rows that start from one long prefix (``batch_cached`` over a context
+            of 512 tokens or more) read its KV in place, held once, on an sdpa model on the
+            CPU (:class:`~paralleldecode.decoding.cache.SharedPastLayer`); False gives every
+            row a copy. Answers do not change.
         compile: ``auto``, ``on`` or ``off``: decode with compiled steps
             (:mod:`paralleldecode.decoding.compiled`; ``auto`` compiles a model of 50M
             parameters or more on a CPU; where steps compile, the prefill's linears run on
@@ -203,6 +207,7 @@ class StrategyModule(L.LightningModule):
         pack_groups: bool = False,
         prefill_chunk: int = 512,
         plain_chunk: int = 8192,
+        share_past: bool = True,
         compile: Literal["auto", "on", "off"] = "auto",
         resume: bool = False,
         on_error: Literal["record", "raise"] = "record",
@@ -296,13 +301,14 @@ class StrategyModule(L.LightningModule):
     def _engine(self) -> DecodingEngine:
         """An engine over the loaded model (engines over one model share compiled steps)."""
         return DecodingEngine(self.model, self.tokenizer, prefill_chunk=self.hparams.prefill_chunk,
-                              plain_chunk=self.hparams.plain_chunk, compile=self.hparams.compile)
+                              plain_chunk=self.hparams.plain_chunk, compile=self.hparams.compile,
+                              share_past=self.hparams.share_past)
 
     def answer_settings(self) -> dict[str, Any]:
         """The options that decide the answers (a resumed run must use the same): all but
         the strategy list (a resumed run may add strategies) and how the work is run."""
         how = {"strategies", "output_dir", "resume", "on_error", "pack_groups", "prefill_chunk", "plain_chunk",
-               "compile"}
+               "share_past", "compile"}
         settings = {k: v for k, v in self.hparams.items() if k not in how}
         settings["backend"] = repr(self.backend) if self.backend is not None else None
         return settings

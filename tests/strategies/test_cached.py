@@ -117,3 +117,14 @@ def test_chunk_options_below_one_are_refused_by_name(option):
 
     with pytest.raises(OptionError, match=f"model.{option} must be >= 1, got 0"):
         StrategyModule(strategies=["batch"], **{option: 0})
+
+
+def test_share_past_reaches_the_engine_and_leaves_the_answer_settings(tiny_models):
+    from lightning_modules.strategy_module import StrategyModule
+
+    modules = [StrategyModule(model_name=str(tiny_models["llama"]), strategies=["batch_cached"], share_past=share,
+                              compile="off", structured_output=False) for share in (True, False)]
+    for module in modules:
+        module.configure_model()
+    assert modules[0]._engine().shared_attention is not None and modules[1]._engine().shared_attention is None
+    assert modules[0].answer_settings() == modules[1].answer_settings()
