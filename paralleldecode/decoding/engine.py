@@ -425,12 +425,12 @@ class DecodingEngine:
         # Compiled steps keep one width for the whole call (finished streams feed padding):
         # see `step_width`.
         # Rows reading one shared past decode eagerly: the step graph holds whole rows.
-        share = not keep_cache and self._shared_past(layout) is not None
-        slots = self.steps is not None and not layout.columnar and not share
+        one_past = None if keep_cache else self._shared_past(layout)
+        slots = self.steps is not None and not layout.columnar and one_past is None
         width = step_width(layout.input_ids.shape[0], per_row) if slots else 1
         compiling = self.steps.compile_seconds if slots else 0.0
         cache, key_owner, key_ids, key_col, picked, passes = self._prefill(
-            layout, decode_tokens=max(per_row, width) * steps, share=share)
+            layout, decode_tokens=max(per_row, width) * steps, shared=one_past)
         buffers = SlotBuffers.of(cache, key_owner, key_ids, self.pad_id) if slots else None
         prefill_passes = passes
         groups = layout.stream_group.to(dev)
@@ -579,14 +579,15 @@ class DecodingEngine:
                     return None
         return first
 
-    def _prefill(self, layout: Layout, logits: bool = True, decode_tokens: int = 0, share: bool = False):
+    def _prefill(self, layout: Layout, logits: bool = True, decode_tokens: int = 0,
+                 shared: RowCache | None = None):
         """Run the prompt slots through the model (see the module docstring).
 
         Args:
             decode_tokens: the most tokens the decoding steps may add per row, reserved in
                 the cache with the prompt's.
-            share: rows that all start from one past read it in place
-                (:meth:`_shared_past`) instead of each holding a copy.
+            shared: the one past every row starts from (:meth:`_shared_past`), for the rows
+                to read in place instead of each holding a copy; None: copies.
 
         Returns:
             the cache, ``(B, L)`` owners, token ids and columns (None unless columnar) of its
@@ -602,7 +603,6 @@ class DecodingEngine:
         b = ids.shape[0]
         pasts = layout.past if layout.past is not None and layout.past_tokens else None
         longest_past = max((len(p) for p in pasts if p is not None), default=0) if pasts else 0
-        shared = self._shared_past(layout) if share else None
         cache = None if shared is None else shared_past_cache(
             self.model.config, _to(shared, dev), ids.shape[1] + decode_tokens)
         if cache is not None:  # the rows read the one past in place
