@@ -87,21 +87,28 @@ _registered: set[str] = set()
 _last_span: tuple | None = None
 
 
-def available(model) -> str | None:
-    """Why ``model``'s attention cannot be switched to :func:`blocked_attention`, or None."""
+def unswitchable(model, kernel: str, dtypes: tuple[torch.dtype, ...] = DTYPES) -> str | None:
+    """Why ``model``'s attention cannot be switched from sdpa to the CPU attention function
+    ``kernel`` (named in the reason) taking ``dtypes``, or None."""
     parameter = next(model.parameters())
     config = model.config
     if parameter.device.type != "cpu":
-        return f"blocked attention is a CPU kernel; the model is on {parameter.device.type}"
-    if not torch.backends.mkldnn.is_available():
-        return "this torch build has no oneDNN (mkldnn)"
-    if parameter.dtype not in DTYPES:
-        return f"blocked attention takes float32 or bfloat16, the model is {parameter.dtype}"
+        return f"{kernel} is a CPU kernel; the model is on {parameter.device.type}"
+    if parameter.dtype not in dtypes:
+        names = " or ".join(str(d).removeprefix("torch.") for d in dtypes)
+        return f"{kernel} takes {names}, the model is {parameter.dtype}"
     if getattr(config, "_attn_implementation", None) != "sdpa":
         return f"the model's attention is {getattr(config, '_attn_implementation', None)!r}, not sdpa"
     if getattr(config, "sub_configs", None):
         return "a model with sub-configs keeps its own attention"
     return None
+
+
+def available(model) -> str | None:
+    """Why ``model``'s attention cannot be switched to :func:`blocked_attention`, or None."""
+    if next(model.parameters()).device.type == "cpu" and not torch.backends.mkldnn.is_available():
+        return "this torch build has no oneDNN (mkldnn)"
+    return unswitchable(model, "blocked attention")
 
 
 # Whether the engine takes the blocked kernel: "auto" races it against sdpa's once per
@@ -339,17 +346,8 @@ def reading_shared_past(cache):
 
 def shared_past_available(model) -> str | None:
     """Why rows of ``model`` cannot read one shared past in place (they then take copies of
-    it), or None."""
-    parameter = next(model.parameters())
-    if parameter.device.type != "cpu":
-        return f"the shared-past kernel is torch's CPU flash attention; the model is on {parameter.device.type}"
-    if parameter.dtype not in DTYPES:
-        return f"the shared-past kernel takes float32 or bfloat16, the model is {parameter.dtype}"
-    if getattr(model.config, "_attn_implementation", None) != "sdpa":
-        return f"the model's attention is {getattr(model.config, '_attn_implementation', None)!r}, not sdpa"
-    if getattr(model.config, "sub_configs", None):
-        return "a model with sub-configs keeps its own attention"
-    return None
+    it; the past goes through torch's CPU flash kernel), or None."""
+    return unswitchable(model, "shared-past attention")
 
 
 def shared_past_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -465,4 +463,4 @@ class SharedPastAttention(AttentionSwitch):
 
 __all__ = ["AttentionSwitch", "BLOCK_SCORES", "BlockedAttention", "DTYPES", "MIN_BF16_KEYS", "MIN_QUERIES", "NAME",
            "SharedPastAttention", "available", "blocked_attention", "keep_freed_memory", "masked_span", "race",
-           "reading_shared_past", "shared_past_attention", "shared_past_available", "slower_here"]
+           "reading_shared_past", "shared_past_attention", "shared_past_available", "slower_here", "unswitchable"]

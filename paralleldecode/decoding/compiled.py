@@ -48,7 +48,7 @@ import weakref
 
 import torch
 
-from paralleldecode.decoding.attention import AttentionSwitch
+from paralleldecode.decoding.attention import AttentionSwitch, unswitchable
 from paralleldecode.decoding.layout import PAD, visibility
 
 log = logging.getLogger(__name__)
@@ -222,10 +222,7 @@ class StepAttention(AttentionSwitch):
 
     @staticmethod
     def takes(model) -> bool:
-        parameter = next(model.parameters())
-        return (parameter.device.type == "cpu" and parameter.dtype in STEP_DTYPES
-                and getattr(model.config, "_attn_implementation", None) == "sdpa"
-                and not getattr(model.config, "sub_configs", None))
+        return unswitchable(model, "the step's grouped attention", STEP_DTYPES) is None
 
 
 def step_width(rows: int, per_row: int) -> int:
