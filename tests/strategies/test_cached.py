@@ -42,8 +42,10 @@ def test_batch_cached_gives_batch_answers_and_counts_the_prefix_once(tiny_models
     assert cached.cost.prompt_tokens == one.cost.prompt_tokens < batch.cost.prompt_tokens == sum(prompts)
     # One prefill of the prefix, then batch's calls.
     assert cached.cost.forward_passes == batch.cost.forward_passes + 1
-    # A prefix this short is copied into every row (see the next test for a shared one).
+    # A prefix this short is copied into every row (see the next test for a shared one):
+    # the KV is batch's, not one_sequence's.
     assert cached.cost.peak_cache_bytes == batch.cost.peak_cache_bytes
+    assert one.cost.peak_cache_bytes < cached.cost.peak_cache_bytes
 
 
 def _shared_and_copied(folder, **options):
