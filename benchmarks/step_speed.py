@@ -38,6 +38,7 @@ import torch
 
 from paralleldecode.decoding.compiled import StepCompiler, slot_step, step_width
 from paralleldecode.decoding.layout import PAD, SHARED
+from paralleldecode.decoding.memory import keep_freed_memory
 from paralleldecode.models.loading import DEFAULT_MODEL, load_causal_lm
 
 
@@ -114,6 +115,8 @@ def main() -> None:
 
     model, _ = load_causal_lm(args.model, dtype=args.dtype, device=args.device)
     device = next(model.parameters()).device
+    if device.type == "cpu":
+        keep_freed_memory()  # as the engine does on the CPU
     settings = ["eager", "compiled"] + (["graphs"] if device.type == "cuda" else [])
     if args.settings:
         chosen = args.settings.split(",")

@@ -33,13 +33,10 @@ path, which sdpa's flash kernel does well), fewer than :data:`MIN_QUERIES` queri
 decoding steps), dtypes other than float32 and bfloat16, other devices, gradients, dropout,
 soft-capping, a mask per head, a query that sees no key at all.
 
-Each block's scores are a fresh tensor of up to 8 MiB. glibc's malloc hands such sizes out as
-fresh pages and gives them back on free, so every block paid page faults and the kernel's
-zeroing: measured in the engine, the blocked attention of a 4.7K prefill took 8.5-10.6 s
-that way against 5.7-6.6 s with the pages kept. So the first routing raises glibc's mmap
-threshold to 64 MiB and its trim threshold to 512 MiB for the process (:func:`keep_freed_memory`;
-not where the ``MALLOC_*`` environment already sets them, or on another C library): freed blocks
-are reused from the heap, at the cost of up to 512 MiB of freed memory kept resident.
+Each block's scores are a fresh tensor of up to 8 MiB, which glibc's malloc would hand out as
+fresh pages every time (the blocked attention of a 4.7K prefill took 8.5-10.6 s that way
+against 5.7-6.6 s with the pages kept); the engine keeps freed memory for reuse
+(:mod:`~paralleldecode.decoding.memory`), for this kernel as for every other pass.
 
 The model is switched to this function by its attention-implementation name
 (:data:`NAME`, registered with transformers next to ``sdpa``, with sdpa's masks) inside
@@ -60,7 +57,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import ctypes
 import logging
 import os
 import weakref
@@ -202,39 +198,6 @@ def _register(name: str, function) -> None:
         AttentionInterface.register(name, function)
         AttentionMaskInterface.register(name, sdpa_mask)
         _registered.add(name)
-
-
-# glibc's mallopt parameters, and the values the first routing sets.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 64 << 20
-TRIM_THRESHOLD = 512 << 20
-_malloc_tuned: bool | None = None
-
-
-def _glibc():
-    """The process's C library when it is glibc, else None."""
-    if "CS_GNU_LIBC_VERSION" not in getattr(os, "confstr_names", {}) or not os.confstr("CS_GNU_LIBC_VERSION"):
-        return None
-    try:
-        return ctypes.CDLL(None)
-    except (OSError, TypeError):
-        return None
-
-
-def keep_freed_memory() -> bool:
-    """Raise glibc malloc's mmap and trim thresholds (once per process; see the module
-    docstring). Returns whether they are raised; False on another C library or where the
-    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` environment chose already."""
-    global _malloc_tuned
-    if _malloc_tuned is None:
-        _malloc_tuned = False
-        libc = _glibc()
-        if libc is not None and not any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
-            _malloc_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                                 and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-            log.info("blocked attention: glibc malloc keeps freed memory (mmap threshold %d MiB, "
-                     "trim threshold %d MiB): %s", MMAP_THRESHOLD >> 20, TRIM_THRESHOLD >> 20, _malloc_tuned)
-    return _malloc_tuned
 
 
 def _blocked(mask: torch.Tensor) -> torch.Tensor:
@@ -449,9 +412,6 @@ class BlockedAttention(AttentionSwitch):
     name = NAME
     function = staticmethod(blocked_attention)
 
-    def _prepare(self) -> None:
-        keep_freed_memory()
-
 
 class SharedPastAttention(AttentionSwitch):
     """Switches one model's attention to :func:`shared_past_attention` inside :meth:`routed`
@@ -462,5 +422,5 @@ class SharedPastAttention(AttentionSwitch):
 
 
 __all__ = ["AttentionSwitch", "BLOCK_SCORES", "BlockedAttention", "DTYPES", "MIN_BF16_KEYS", "MIN_QUERIES", "NAME",
-           "SharedPastAttention", "available", "blocked_attention", "keep_freed_memory", "masked_span", "race",
+           "SharedPastAttention", "available", "blocked_attention", "masked_span", "race",
            "reading_shared_past", "shared_past_attention", "shared_past_available", "slower_here", "unswitchable"]

@@ -69,6 +69,7 @@ from paralleldecode.decoding.layout import (
     shared_prefix,
     stack_layouts,
 )
+from paralleldecode.decoding.memory import keep_freed_memory
 from paralleldecode.decoding.packed import PackedLinears, available
 from paralleldecode.models.crossbatch_lm import states_to_mix
 from paralleldecode.models.loading import cache_keyword
@@ -282,6 +283,9 @@ class DecodingEngine:
             # every forward. torch's CPU kernel takes the mask with grouped heads (8x faster
             # per layer measured at 4.8K keys, same outputs), so let transformers use it.
             os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
+            # Every pass allocates and frees blocks of up to tens of MiB; glibc's defaults
+            # hand them back to the kernel and fault fresh pages in at the next pass.
+            keep_freed_memory()
         # The same setting routes the eager passes' linears through packed oneDNN weights.
         self.packed = PackedLinears.for_model(model, prefill_chunk) if on and available(model) is None else None
         # ... and their masked attention through blocked oneDNN matmuls (float32 and bf16 sdpa

@@ -260,14 +260,3 @@ def test_columnar_prefill_with_blocked_attention_gives_the_plain_tokens(tiny_mod
     assert [s.token_ids for s in b.streams] == [s.token_ids for s in a.streams]
     for x, y in zip(a.streams, b.streams):
         torch.testing.assert_close(y.logits, x.logits, atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.skipif(attention._glibc() is None, reason="glibc's malloc only")
-def test_malloc_keeps_freed_blocks_unless_the_environment_chose(monkeypatch):
-    monkeypatch.setattr(attention, "_malloc_tuned", None)
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
-    assert attention.keep_freed_memory() is False  # the user's setting stands
-    monkeypatch.setattr(attention, "_malloc_tuned", None)
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    assert attention.keep_freed_memory() is True
