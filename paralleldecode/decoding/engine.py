@@ -426,15 +426,23 @@ class DecodingEngine:
         # before a stream answers): room for all of them is reserved up front.
         per_row = int(layout.stream_row.bincount().max())
         steps = max(c.max_new_tokens for c in configs) + max((len(p) for p in layout.pending), default=0) + 1
-        # Compiled steps keep one width for the whole call (finished streams feed padding):
-        # see `step_width`.
+        # Compiled steps keep their rows for the whole call (finished rows feed padding): see
+        # `step_width`.
         # Rows reading one shared past decode eagerly: the step graph holds whole rows.
         one_past = None if keep_cache else self._shared_past(layout)
         slots = self.steps is not None and not layout.columnar and one_past is None
         width = step_width(layout.input_ids.shape[0], per_row) if slots else 1
+        # On the CPU a compiled step feeds only the streams still live (a lone row at least
+        # two slots, see `step_width`): the width is a dynamic dimension of the step's graph,
+        # so it narrows as streams finish without compiling again, as the eager steps do. A
+        # CUDA step keeps one width per call: its replayed graph is bound to its shapes.
+        narrowing = slots and dev.type == "cpu"
+        feed_width = step_width(layout.input_ids.shape[0], 1) if narrowing else width
         compiling = self.steps.compile_seconds if slots else 0.0
+        # (rows dropped down to a lone one feed it two slots a step)
+        room = max(per_row, width, 2 if narrowing else 1)
         cache, key_owner, key_ids, key_col, picked, passes = self._prefill(
-            layout, decode_tokens=max(per_row, width) * steps, shared=one_past)
+            layout, decode_tokens=room * steps, shared=one_past)
         buffers = SlotBuffers.of(cache, key_owner, key_ids, self.pad_id) if slots else None
         prefill_passes = passes
         groups = layout.stream_group.to(dev)
@@ -487,11 +495,18 @@ class DecodingEngine:
             live = [i for i in range(n) if not st.done[i]]
             if not live:
                 break
-            if buffers is None:  # compiled steps keep every row: their shapes stay put
+            if buffers is None:
                 cache = self._drop_finished_rows(st, cache, keep_cache)
+            elif narrowing and self._halved(st):
+                # Compiled steps drop finished rows once half of them are done: copying the
+                # live rows' buffers costs a few steps' worth of reading them, so not at every
+                # row that finishes (the eager steps' way); rows are a dynamic dimension.
+                cache = self._drop_finished_rows(st, cache, keep_cache)
+                buffers = SlotBuffers.of(cache, st.cache_owner, st.cache_ids, self.pad_id)
+                feed_width = step_width(st.cache_owner.shape[0], 1)
             extra = [i for i in stopped if feed_last and st.stream_row[i] >= 0]
             fed_now = live + extra
-            step_ids, step_pos, step_owner, where = self._step_inputs(st, fed_now, branch, width)
+            step_ids, step_pos, step_owner, where = self._step_inputs(st, fed_now, branch, feed_width)
             if buffers is not None:
                 out = buffers.step(self.steps, step_ids, step_pos, step_owner)
                 st.cache_owner, st.cache_ids = buffers.filled()
@@ -772,6 +787,12 @@ class DecodingEngine:
                 return
         if len(st.tokens[i]) >= config.max_new_tokens:
             st.done[i], st.reasons[i] = True, "length"
+
+    @staticmethod
+    def _halved(st: _State) -> bool:
+        """Whether at most half of the cache's rows (of two or more) hold a live stream."""
+        rows = st.cache_owner.shape[0]
+        return rows > 1 and 2 * len({st.stream_row[i] for i in range(len(st.done)) if not st.done[i]}) <= rows
 
     def _drop_finished_rows(self, st: _State, cache, keep_cache: bool):
         """Remove rows none of whose streams is still live from the cache (keeping their

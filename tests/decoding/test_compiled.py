@@ -137,6 +137,33 @@ def test_the_warm_up_graphs_serve_every_later_shape(engines):
         assert res.compiled and res.compile_seconds == 0.0, mode
 
 
+def test_finished_streams_narrow_the_compiled_step_without_compiling(engines):
+    """On the CPU a compiled step feeds only the live streams (a lone row two slots at
+    least) and drops finished rows once half are done, with the graphs compiled already and
+    the eager engine's tokens: what it feeds per step follows the live count."""
+    eager, compiled = engines["llama"]
+    pad = compiled.pad_id
+    compiled.warm_up(packed=True)
+    ids = _prompts(compiled.tokenizer, 5)
+    budgets = [GenerationConfig(max_new_tokens=m, eos_token_ids=()) for m in (3, 9, 1, 12, 6)]
+    # live streams after each step: budgets 1, 3, 6, 9, 12 end after steps 0, 2, 5, 8, 11
+    live = [sum(m - 1 > s for m in (3, 9, 1, 12, 6)) for s in range(11)]
+    branches = _same(eager, compiled, lambda: shared_prefix(ids, pad), budgets)[1]
+    assert branches.compile_seconds == 0.0 and branches.forward_passes - branches.prefill_passes == 11
+    assert branches.step_tokens == sum(max(2, n) for n in live) < 5 * 11
+    rows = _same(eager, compiled, lambda: independent_rows(ids, pad), budgets)[1]
+    assert rows.compile_seconds == 0.0
+    # Five rows until two are live, then two until one is, then one row fed two slots.
+    held, now = [], 5
+    for n in live:
+        if now > 1 and 2 * n <= now:
+            now = n
+        held.append(now)
+    assert held[-1] == 1 and 2 in held
+    fed = sum(r if r > 1 else 2 for r in held)
+    assert rows.step_tokens == fed < 5 * 11
+
+
 def test_the_warm_up_leaves_the_packed_graph_to_packed_runs(engines, monkeypatch):
     """An unpacked run warms one row and rows of one stream; packed=True adds rows of
     several streams (stacked branch layouts), the one graph only packing uses."""
