@@ -12,12 +12,13 @@ nothing in it depends on how far the sequence has grown, which is what lets
   the mask is computed inside the graph from it, by the same rule as the eager
   :func:`~paralleldecode.decoding.layout.step_mask`: a query sees its own stream's and the
   shared slots, and itself;
-* the step's width is fixed for the call (the most streams a row holds; see
-  :func:`step_width`): a stream that finishes feeds a padding slot until the call ends, so
-  shapes never change within a call, and the buffers' length, the rows and the width are
-  dynamic dimensions (one graph serves every group; torch specialises a dimension of size 1,
-  so one row, several rows of one stream and several rows of several streams are the three
-  graphs).
+* the buffers' length, the rows and the width (slots fed per row) are dynamic dimensions:
+  one graph serves every group, and on the CPU the engine narrows a call's steps as its
+  streams finish (a row feeds only its live streams, finished rows are dropped once half are
+  done) without compiling again; torch specialises a dimension of size 1, so one row, several
+  rows of one stream and several rows of several streams are the three graphs, and a lone
+  row feeds two slots at least (:func:`step_width`). On CUDA a call keeps its first width
+  and rows (finished streams feed padding): its steps replay one captured graph.
 
 On CPU inductor compiles with ``freezing`` (the weights become constants and are prepacked
 for the matmul kernels; measured 38 ms per step instead of 56-71 eager on the embedded model
@@ -236,6 +237,8 @@ def step_width(rows: int, per_row: int) -> int:
     padding slot instead of a fourth graph: on the embedded model one row of one token
     compiled apart measured slower (47 ms per step) than one row of two (30 ms), while rows
     of one stream fed as two slots each doubled the step's tokens (5 rows: 49 against 36 ms).
+    On the CPU the engine asks with ``per_row`` 1, for the narrowest step a call of ``rows``
+    rows may take, and feeds more slots where a row has more live streams.
     """
     if per_row == 1 and rows > 1:
         return 1

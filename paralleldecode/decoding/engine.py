@@ -170,7 +170,10 @@ class GenerationResult:
         wall_seconds: from the prefill to the last stream's stop.
         peak_cache_bytes: largest KV-cache size seen.
         step_tokens: token slots fed over all decoding steps (padding slots included): what
-            the steps after the prefill computed. Finished streams add nothing.
+            the steps after the prefill computed. A finished stream adds nothing to the
+            eager steps; a compiled CUDA call feeds it padding to its end; in a compiled CPU
+            call a row with no live stream feeds padding until rows are dropped (at halvings),
+            and a lone row feeds two slots at least.
         prefill_seconds: wall time of the prefill (the first token of every stream included).
         caches: with ``keep_cache``, each stream's row cache at the end (its prompt and
             every generated token but the last, which was never fed); else None.
@@ -426,8 +429,6 @@ class DecodingEngine:
         # before a stream answers): room for all of them is reserved up front.
         per_row = int(layout.stream_row.bincount().max())
         steps = max(c.max_new_tokens for c in configs) + max((len(p) for p in layout.pending), default=0) + 1
-        # Compiled steps keep their rows for the whole call (finished rows feed padding): see
-        # `step_width`.
         # Rows reading one shared past decode eagerly: the step graph holds whole rows.
         one_past = None if keep_cache else self._shared_past(layout)
         slots = self.steps is not None and not layout.columnar and one_past is None
