@@ -86,6 +86,9 @@ def test_every_layout_gives_the_eager_tokens(engines, arch):
     budgets = [GenerationConfig(max_new_tokens=m) for m in (3, 9, 1, 12, 6)]
     _same(eager, compiled, lambda: shared_prefix(ids, pad), budgets)
     _same(eager, compiled, lambda: independent_rows(ids, pad), budgets)
+    eight = [GenerationConfig(max_new_tokens=m) for m in (3, 9, 1, 12, 6, 2, 4, 1)]
+    _same(eager, compiled, lambda: stack_layouts([shared_prefix(ids[:3], pad), shared_prefix(ids[3:], pad),
+                                                  independent_rows(uneven, pad)], pad), eight)
 
 
 def test_rows_from_a_prefix_cache_and_kept_caches(engines, monkeypatch):
