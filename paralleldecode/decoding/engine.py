@@ -438,7 +438,6 @@ class DecodingEngine:
         # so it narrows as streams finish without compiling again, as the eager steps do. A
         # CUDA step keeps one width per call: its replayed graph is bound to its shapes.
         narrowing = slots and dev.type == "cpu"
-        feed_width = step_width(layout.input_ids.shape[0], 1) if narrowing else width
         compiling = self.steps.compile_seconds if slots else 0.0
         # (rows dropped down to a lone one feed it two slots a step)
         room = max(per_row, width, 2 if narrowing else 1)
@@ -504,9 +503,9 @@ class DecodingEngine:
                 # row that finishes (the eager steps' way); rows are a dynamic dimension.
                 cache = self._drop_finished_rows(st, cache, keep_cache)
                 buffers = SlotBuffers.of(cache, st.cache_owner, st.cache_ids, self.pad_id)
-                feed_width = step_width(st.cache_owner.shape[0], 1)
             extra = [i for i in stopped if feed_last and st.stream_row[i] >= 0]
             fed_now = live + extra
+            feed_width = step_width(st.cache_owner.shape[0], 1) if narrowing else width
             step_ids, step_pos, step_owner, where = self._step_inputs(st, fed_now, branch, feed_width)
             if buffers is not None:
                 out = buffers.step(self.steps, step_ids, step_pos, step_owner)
