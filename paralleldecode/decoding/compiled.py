@@ -64,6 +64,13 @@ GRAPHS_SETTINGS = ("on", "off")
 # never pays back: "auto" leaves such models eager (the test suite's tiny models among them).
 AUTO_MIN_PARAMETERS = 50_000_000
 
+# On the CPU each compiled graph holds a packed copy of the weights (inductor's freezing) and
+# the eager passes hold one more: "auto" compiles there only where the two graphs every
+# unpacked strategy uses, that copy and the compiler's own state (about 700 MiB measured)
+# fit in the memory available.
+AUTO_WEIGHT_COPIES = 3
+AUTO_COMPILER_BYTES = 1 << 30
+
 # Every StepCompiler's step is one code object to dynamo, so the graphs of all models in a
 # process count against one recompile limit (torch's default 8); three graphs per model
 # would leave the third model eager. This one serves about twenty models.
@@ -83,6 +90,38 @@ def unavailable(device: torch.device) -> str | None:
     return f"compiled steps are built for CPU and CUDA, not {device.type!r}"
 
 
+def available_memory() -> int | None:
+    """Bytes this process may still take: the kernel's ``MemAvailable``, or less where a
+    cgroup (v2) limit leaves less; None where neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            found.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def short_of_memory(weights: int, available: int | None) -> str | None:
+    """Why ``compile: auto`` leaves a CPU model of ``weights`` bytes eager when ``available``
+    bytes are free (None: unknown, no reason), or None when its compiled steps fit."""
+    need = AUTO_WEIGHT_COPIES * weights + AUTO_COMPILER_BYTES
+    if available is None or need <= available:
+        return None
+    return (f"compile: auto keeps the steps eager: on the CPU the compiled graphs and packed weights would "
+            f"take about {need / 2**30:.1f} GiB, {available / 2**30:.1f} GiB is available (compile: on "
+            "compiles anyway)")
+
+
 def cuda_graphs() -> bool:
     """Whether compiled CUDA steps are replayed as CUDA graphs (``PARALLELDECODE_CUDA_GRAPHS``,
     ``on`` unless set to ``off``)."""
@@ -98,8 +137,10 @@ def resolve(setting: str | bool | None, model) -> tuple[bool, str]:
     Args:
         setting: ``"auto"`` (on for a model of at least :data:`AUTO_MIN_PARAMETERS`
             parameters where inductor can build: a CPU with a C++ compiler, a CUDA device
-            with triton), ``"on"`` (wherever inductor can build), ``"off"``; True/False/None
-            read as on/off/off.
+            with triton; on the CPU only where :data:`AUTO_WEIGHT_COPIES` copies of the
+            weights and the compiler fit in the memory available, :func:`short_of_memory`),
+            ``"on"`` (wherever inductor can build), ``"off"``; True/False/None read as
+            on/off/off.
     """
     if setting is True:
         setting = "on"
@@ -122,6 +163,11 @@ def resolve(setting: str | bool | None, model) -> tuple[bool, str]:
         if size < AUTO_MIN_PARAMETERS:
             return False, (f"compile: auto keeps a model of {size:,} parameters eager (compiling "
                            "costs more than it saves)")
+        if device.type == "cpu":
+            weights = sum(p.numel() * p.element_size() for p in model.parameters())
+            why = short_of_memory(weights, available_memory())
+            if why is not None:
+                return False, why
     graphs = ", replayed as CUDA graphs" if device.type == "cuda" and cuda_graphs() else ""
     return True, f"decoding steps compiled with torch.compile on {device.type}{graphs}"
 

@@ -27,9 +27,11 @@ from paralleldecode.decoding.compiled import (
     GRAPHS_ENV,
     STEP_ATTENTION,
     StepCompiler,
+    available_memory,
     cuda_graphs,
     grouped_attention,
     resolve,
+    short_of_memory,
     step_width,
     unavailable,
 )
@@ -313,6 +315,18 @@ def test_settings_resolve_with_reasons(tiny_models, monkeypatch, tmp_path):
     assert unavailable(torch.device("cpu")).startswith("no C++ compiler")
     on, why = resolve("on", model)
     assert not on and "no C++ compiler" in why
+
+
+def test_auto_stays_eager_where_the_weight_copies_would_not_fit():
+    gib = 1 << 30
+    # The embedded model's 513 MiB of fp32 weights on a machine with 20 GiB free: compiled.
+    assert short_of_memory(513 << 20, 20 * gib) is None
+    # A 1.5B model's 6 GiB with 16 GiB free: three copies and the compiler do not fit.
+    why = short_of_memory(6 * gib, 16 * gib)
+    assert why is not None and "19.0 GiB" in why and "16.0 GiB is available" in why and "compile: on" in why
+    assert short_of_memory(6 * gib, None) is None  # unknown memory: no reason to refuse
+    free = available_memory()  # this machine's, read from /proc (and a cgroup limit if any)
+    assert free is None or free > 0
 
 
 @pytest.mark.slow
