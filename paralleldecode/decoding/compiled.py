@@ -167,6 +167,7 @@ def resolve(setting: str | bool | None, model) -> tuple[bool, str]:
             weights = sum(p.numel() * p.element_size() for p in model.parameters())
             why = short_of_memory(weights, available_memory())
             if why is not None:
+                log.warning("%s", why)  # unlike a small model's, a surprise worth a line
                 return False, why
     graphs = ", replayed as CUDA graphs" if device.type == "cuda" and cuda_graphs() else ""
     return True, f"decoding steps compiled with torch.compile on {device.type}{graphs}"

@@ -329,6 +329,20 @@ def test_auto_stays_eager_where_the_weight_copies_would_not_fit():
     assert free is None or free > 0
 
 
+def test_auto_says_why_it_stays_eager_for_memory(tiny_models, monkeypatch, caplog):
+    import paralleldecode.decoding.compiled as compiled
+
+    model, _ = load_causal_lm(str(tiny_models["llama"]))
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(compiled, "AUTO_MIN_PARAMETERS", 0)  # let the tiny model past the size rule
+    monkeypatch.setattr(compiled, "available_memory", lambda: 1 << 20)  # a machine with 1 MiB free
+    with caplog.at_level("WARNING", logger="paralleldecode.decoding.compiled"):
+        on, why = resolve("auto", model)
+    assert not on and "0.0 GiB is available" in why
+    assert [r.getMessage() for r in caplog.records] == [why]
+    assert resolve("on", model)[0]  # "on" compiles regardless
+
+
 @pytest.mark.slow
 @pytest.mark.data
 def test_embedded_model_compiled_gives_the_eager_answers_on_squad(data_dir):
