@@ -3,6 +3,7 @@ cache, stacked layouts and per-stream budgets; each is exact against the plain c
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import pytest
@@ -17,6 +18,7 @@ from paralleldecode.decoding import (
 )
 from paralleldecode.decoding.cache import RowCache
 from paralleldecode.decoding.columnar import columnar_prompts
+from paralleldecode.decoding.engine import part_batches
 from paralleldecode.decoding.layout import SHARED, Layout, stack_layouts
 from paralleldecode.models.loading import cache_keyword, load_causal_lm
 from paralleldecode.models.rope2d import install_rope2d
@@ -216,6 +218,37 @@ def test_stacked_layouts_decode_as_they_do_alone(model_and_tok):
     res = engine.generate(packed, GREEDY)
     assert _tokens(res) == [t for a in alone for t in _tokens(a)]
     assert res.prompt_tokens_processed == sum(p.processed_tokens for p in parts)
+
+
+def test_short_parts_of_similar_width_are_prefilled_together(model_and_tok):
+    model, tok = model_and_tok
+    engine = DecodingEngine(model, tok)
+    long_past = "The quick brown fox jumps over the lazy dog near the old mill by the river. "
+    groups = [_ids(tok), _ids(tok, [p.replace("1871", "1872") for p in PROMPTS]),
+              _ids(tok, [long_past * 3 + "Who jumps?", long_past * 3 + "Over what?"])]
+    parts = [shared_prefix(g, tok.pad_token_id) for g in groups]
+    # The first two are as wide as each other, the third far wider: it goes alone.
+    assert part_batches(parts, engine.plain_chunk, engine.prefill_chunk) == [[0, 1], [2]]
+    alone = [engine.generate(p, GREEDY) for p in parts]
+    res = engine.generate(stack_layouts(parts, tok.pad_token_id), GREEDY)
+    assert _tokens(res) == [t for a in alone for t in _tokens(a)]
+    # One masked call for the pair where alone each took a plain pass and a branch pass.
+    steps = max(len(t) for t in _tokens(res)) - 1
+    assert res.forward_passes - steps < sum(a.forward_passes - (max(len(t) for t in _tokens(a)) - 1) for a in alone)
+
+
+def test_part_batches_keep_padding_and_size_bounded():
+    def rows(*widths):
+        return independent_rows([[1] * w for w in widths], 0)
+
+    parts = [rows(40), rows(10), rows(11, 12), rows(12), rows(600), rows(39)]
+    # Sorted by width: 10, 12 (two rows), 12 together; 39 and 40 together; 600 wider than a chunk.
+    assert part_batches(parts, most_slots=8192, widest=512) == [[4], [1, 2, 3], [5, 0]]
+    # At most 60 slots in a padded call: the 40-wide pair no longer fits together.
+    assert part_batches(parts, most_slots=60, widest=512) == [[4], [1, 2, 3], [5], [0]]
+    # A part starting from a cache is prefilled alone.
+    with_past = dataclasses.replace(rows(10), past=[RowCache([1, 2], [], [])])
+    assert part_batches([with_past, rows(10), rows(10)], 8192, 512) == [[0], [1, 2]]
 
 
 def test_stacking_refuses_mixed_position_kinds():
