@@ -912,25 +912,27 @@ PART_BATCH_PADDING = 1.25
 
 def part_batches(parts: list[Layout], most_slots: int, widest: int) -> list[list[int]]:
     """Which stacked parts :meth:`DecodingEngine._prefill_parts` prefills together: indices
-    into ``parts``, batches of parts of similar width (sorted by it) whose padded call holds
-    at most ``most_slots`` slots and :data:`PART_BATCH_PADDING` times the parts' own; parts
-    wider than ``widest`` slots (already one long call each), starting from a cache
-    (``past``) or columnar are prefilled alone."""
+    into ``parts``, batches of one-row parts of similar width (sorted by it) whose padded
+    call holds at most ``most_slots`` slots and :data:`PART_BATCH_PADDING` times the parts'
+    own. Parts of several rows (already a batched call each: `batch` packed this way was
+    1.30x unpacked against 1.39x part by part), wider than ``widest`` slots (one long call
+    each), starting from a cache (``past``) or columnar are prefilled alone."""
     alone, short = [], []
     for i, p in enumerate(parts):
-        together = p.past_tokens == 0 and not p.columnar and p.input_ids.shape[1] <= widest
+        b, w = p.input_ids.shape
+        together = b == 1 and p.past_tokens == 0 and not p.columnar and w <= widest
         (short if together else alone).append(i)
     batches: list[list[int]] = [[i] for i in alone]
     batch: list[int] = []
-    rows = slots = 0
+    slots = 0
     for i in sorted(short, key=lambda i: parts[i].input_ids.shape[1]):
-        b, w = parts[i].input_ids.shape
-        padded = (rows + b) * w  # sorted: this part is the widest so far
-        if batch and (padded > most_slots or padded > PART_BATCH_PADDING * (slots + b * w)):
+        w = parts[i].input_ids.shape[1]
+        padded = (len(batch) + 1) * w  # sorted: this part is the widest so far
+        if batch and (padded > most_slots or padded > PART_BATCH_PADDING * (slots + w)):
             batches.append(batch)
-            batch, rows, slots = [], 0, 0
+            batch, slots = [], 0
         batch.append(i)
-        rows, slots = rows + b, slots + b * w
+        slots += w
     if batch:
         batches.append(batch)
     return batches

@@ -241,11 +241,15 @@ def test_part_batches_keep_padding_and_size_bounded():
     def rows(*widths):
         return independent_rows([[1] * w for w in widths], 0)
 
-    parts = [rows(40), rows(10), rows(11, 12), rows(12), rows(600), rows(39)]
-    # Sorted by width: 10, 12 (two rows), 12 together; 39 and 40 together; 600 wider than a chunk.
-    assert part_batches(parts, most_slots=8192, widest=512) == [[4], [1, 2, 3], [5, 0]]
+    parts = [rows(40), rows(10), rows(11, 12), rows(12), rows(600), rows(39), rows(11)]
+    # Two rows (already a batched call) and 600 slots (wider than a chunk) go alone; sorted by
+    # width, 10, 11 and 12 go together (36 slots padded to 12 each), then 39 and 40.
+    assert part_batches(parts, most_slots=8192, widest=512) == [[2], [4], [1, 6, 3], [5, 0]]
     # At most 60 slots in a padded call: the 40-wide pair no longer fits together.
-    assert part_batches(parts, most_slots=60, widest=512) == [[4], [1, 2, 3], [5], [0]]
+    assert part_batches(parts, most_slots=60, widest=512) == [[2], [4], [1, 6, 3], [5], [0]]
+    # 10 and 20 pad to 40 slots, 1.33x their 30: apart; 10 and 14 pad to 1.17x: together.
+    assert part_batches([rows(10), rows(20)], 8192, 512) == [[0], [1]]
+    assert part_batches([rows(14), rows(10)], 8192, 512) == [[1, 0]]
     # A part starting from a cache is prefilled alone.
     with_past = dataclasses.replace(rows(10), past=[RowCache([1, 2], [], [])])
     assert part_batches([with_past, rows(10), rows(10)], 8192, 512) == [[0], [1, 2]]
