@@ -65,8 +65,9 @@ class Layout:
             None for a row without): positions then continue after it, and every stream of
             the row sees it. None = no row has any.
         parts: for a layout stacked from others (:func:`stack_layouts`), those layouts in
-            order; the engine prefills each on its own (no slot spent on padding them to a
-            common length) and decodes them together.
+            order; the engine prefills them apart or in batches of similar length (little
+            spent on padding them to a common length; see
+            :func:`~paralleldecode.decoding.engine.part_batches`) and decodes them together.
     """
 
     input_ids: torch.Tensor
@@ -320,7 +321,8 @@ def stack_layouts(layouts: list[Layout], pad_id: int) -> Layout:
     every stream computes what it would alone); stream ``i`` of layout ``k`` becomes stream
     ``i`` plus the streams of the layouts before it, and mixing groups are renumbered so
     that streams of different layouts never share one. The result keeps the layouts
-    (``parts``): the engine prefills each alone and decodes all together.
+    (``parts``): the engine prefills them apart, or short ones of similar length together,
+    and decodes all together.
 
     Raises:
         ValueError: the layouts mix columnar and 1D positions, or isolating and full

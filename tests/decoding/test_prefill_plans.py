@@ -243,7 +243,7 @@ def test_part_batches_keep_padding_and_size_bounded():
 
     parts = [rows(40), rows(10), rows(11, 12), rows(12), rows(600), rows(39), rows(11)]
     # Two rows (already a batched call) and 600 slots (wider than a chunk) go alone; sorted by
-    # width, 10, 11 and 12 go together (36 slots padded to 12 each), then 39 and 40.
+    # width, 10, 11 and 12 go together (padded to 36 slots from 33), then 39 and 40.
     assert part_batches(parts, most_slots=8192, widest=512) == [[2], [4], [1, 6, 3], [5, 0]]
     # At most 60 slots in a padded call: the 40-wide pair no longer fits together.
     assert part_batches(parts, most_slots=60, widest=512) == [[2], [4], [1, 6, 3], [5], [0]]
