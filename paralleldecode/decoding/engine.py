@@ -678,12 +678,8 @@ class DecodingEngine:
         done: list = [None] * len(parts)
         passes = 0
         for batch in part_batches(parts, self.plain_chunk, self.prefill_chunk):
-            if len(batch) == 1:
-                cache, owner, ids, columns, picked, n = self._prefill(parts[batch[0]], logits)
-                done[batch[0]] = (cache, slice(None), owner, ids, columns, picked)
-                passes += n
-                continue
-            together = replace(stack_layouts([parts[i] for i in batch], self.pad_id), parts=None)
+            together = parts[batch[0]] if len(batch) == 1 else replace(
+                stack_layouts([parts[i] for i in batch], self.pad_id), parts=None)
             cache, owner, ids, columns, picked, n = self._prefill(together, logits)
             passes += n
             row = stream = 0
