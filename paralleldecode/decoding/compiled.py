@@ -51,6 +51,7 @@ import weakref
 
 import torch
 
+from paralleldecode.decoding import step_kernel
 from paralleldecode.decoding.attention import AttentionSwitch, unswitchable
 from paralleldecode.decoding.layout import PAD, visibility
 
@@ -255,6 +256,8 @@ def grouped_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     per = h // groups
     scale = scaling if scaling is not None else d ** -0.5
+    if step_kernel.takes(query, key, value, attention_mask):
+        return step_kernel.attention(query, key, value, attention_mask, scale), None
     scores = torch.matmul(query.reshape(b, groups, per * q, d), key.transpose(-1, -2))  # (B, G, per Q, L)
     scores = scores.view(b, groups, per, q, length).float() * scale + attention_mask[:, :, None].float()
     weights = softmax(scores).to(query.dtype).view(b, groups, per * q, length)
@@ -398,6 +401,8 @@ class StepCompiler:
         compile_seconds: time spent in calls that compiled a new graph (compile plus that
             one step), summed.
         fallback: why compiling was given up, or None.
+        kernel_note: on the CPU, whether a float32 step's attention runs in the fused kernel
+            (:mod:`~paralleldecode.decoding.step_kernel`) or why not; None elsewhere.
     """
 
     _shared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -414,6 +419,12 @@ class StepCompiler:
         self.graph_fallback: str | None = None
         self._graph: StepGraph | None = None
         self._seen: tuple | None = None
+        # A float32 step's attention on the CPU runs in the fused kernel where it builds.
+        self.kernel_note: str | None = None
+        if self._freeze and StepAttention.takes(model) and next(model.parameters()).dtype == torch.float32:
+            why = step_kernel.load()
+            self.kernel_note = ("step attention in the fused CPU kernel" if why is None
+                                else f"step attention as grouped matmuls ({why})")
 
     @classmethod
     def for_model(cls, model) -> StepCompiler:

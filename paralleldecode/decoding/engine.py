@@ -280,6 +280,8 @@ class DecodingEngine:
         if compile in ("on", True) and not on:
             log.warning("compile: decoding eagerly: %s", self.compile_note)
         self.steps = StepCompiler.for_model(model) if on and mixer is None else None
+        if self.steps is not None and self.steps.kernel_note:
+            self.compile_note += f"; {self.steps.kernel_note}"
         if self.device.type == "cpu":
             # transformers hands sdpa grouped key/value heads natively only without a mask;
             # with one (every layout here) it copies the whole cache once per query head at

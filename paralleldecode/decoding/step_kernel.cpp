@@ -1,0 +1,257 @@
+// The decoding step's attention on an AVX-512 CPU, float32: a few queries per key/value head
+// against a long key/value buffer, with the engine's additive mask, in one pass over the keys
+// (flash-decoding: scores, online softmax and the value product per block of keys, the keys
+// split between threads and the parts merged by their maxima and sums).
+//
+// Built at run time by paralleldecode/decoding/step_kernel.py (torch.utils.cpp_extension) and
+// registered as the operator paralleldecode_cpu::step_attention.
+//
+// Layout. The queries of the heads that share key/value head g are the rows of one tile
+// (row r = p * Q + q for query head g * per + p and query q), held transposed and scaled,
+// qt[d][row], so that a key's element is broadcast against 16 or 32 rows at once; the block's
+// scores are kept transposed too, st[key][row], so the softmax runs across rows in registers
+// and the value product broadcasts a value's element against the same rows.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace {
+
+constexpr int kBlock = 64;      // keys per block
+constexpr int kAhead = 2;       // blocks prefetched ahead
+constexpr int kMaxHead = 256;   // largest head size taken
+
+// e^x for 16 floats: x = n ln2 + r, e^r by a degree-7 polynomial, 2^n by scalef. Below -87
+// the result is 0, never a denormal (which costs a microcode assist per operation after it).
+inline __m512 exp16(__m512 x) {
+  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~under), _mm512_scalef_ps(p, n));
+}
+
+struct Span {
+  const float* key;    // this key/value head's keys, key i at key + i * key_stride
+  const float* value;
+  int64_t key_stride, value_stride;
+  const float* mask;   // this row's mask, query q and key i at mask + q * mask_q + i * mask_k
+  int64_t mask_q, mask_k;
+  int queries;         // Q: a tile row r reads the mask of query r % Q
+};
+
+// Rows [r0, r0 + rows) of one tile of NV * 16 rows against keys [k0, k1). qt: (D, NV * 16)
+// scaled queries. Leaves the unnormalised output transposed in out (D, NV * 16), the running
+// maximum and sum of every row in max_out and sum_out (NV * 16 each).
+template <int NV>
+void tile(const float* qt, const Span& s, int r0, int rows, int64_t k0, int64_t k1, int D,
+          float* out, float* max_out, float* sum_out) {
+  constexpr int W = NV * 16;
+  alignas(64) float st[kBlock * W];
+  __m512 m[NV], l[NV];
+  for (int v = 0; v < NV; ++v) { m[v] = _mm512_set1_ps(-INFINITY); l[v] = _mm512_setzero_ps(); }
+  std::fill(out, out + D * W, 0.f);
+  for (int64_t kb = k0; kb < k1; kb += kBlock) {
+    const int nk = static_cast<int>(std::min<int64_t>(kBlock, k1 - kb));
+    // scores st[j][r] = q_r . k_j, eight keys at a time
+    int j = 0;
+    for (; j + 8 <= nk; j += 8) {
+      const float* kp = s.key + (kb + j) * s.key_stride;
+      if (kb + kAhead * kBlock + j + 8 <= k1) {
+        const float* pk = kp + kAhead * kBlock * s.key_stride;
+        const float* pv = s.value + (kb + kAhead * kBlock + j) * s.value_stride;
+        for (int u = 0; u < 8; ++u)
+          for (int c = 0; c < D; c += 16) {
+            _mm_prefetch(reinterpret_cast<const char*>(pk + u * s.key_stride + c), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(pv + u * s.value_stride + c), _MM_HINT_T0);
+          }
+      }
+      __m512 acc[8][NV];
+#pragma GCC unroll 8
+      for (int u = 0; u < 8; ++u)
+        for (int v = 0; v < NV; ++v) acc[u][v] = _mm512_setzero_ps();
+      for (int d = 0; d < D; ++d) {
+        __m512 q[NV];
+        for (int v = 0; v < NV; ++v) q[v] = _mm512_load_ps(qt + d * W + v * 16);
+#pragma GCC unroll 8
+        for (int u = 0; u < 8; ++u) {
+          const __m512 k = _mm512_set1_ps(kp[u * s.key_stride + d]);
+          for (int v = 0; v < NV; ++v) acc[u][v] = _mm512_fmadd_ps(k, q[v], acc[u][v]);
+        }
+      }
+#pragma GCC unroll 8
+      for (int u = 0; u < 8; ++u)
+        for (int v = 0; v < NV; ++v) _mm512_store_ps(st + (j + u) * W + v * 16, acc[u][v]);
+    }
+    for (; j < nk; ++j) {
+      const float* kp = s.key + (kb + j) * s.key_stride;
+      __m512 acc[NV];
+      for (int v = 0; v < NV; ++v) acc[v] = _mm512_setzero_ps();
+      for (int d = 0; d < D; ++d) {
+        const __m512 k = _mm512_set1_ps(kp[d]);
+        for (int v = 0; v < NV; ++v) acc[v] = _mm512_fmadd_ps(k, _mm512_load_ps(qt + d * W + v * 16), acc[v]);
+      }
+      for (int v = 0; v < NV; ++v) _mm512_store_ps(st + j * W + v * 16, acc[v]);
+    }
+    // the mask, added only for the queries whose mask is not all zero over this block
+    for (int q = 0; q < s.queries; ++q) {
+      const float* mq = s.mask + q * s.mask_q + kb * s.mask_k;
+      bool zero = true;
+      for (int jj = 0; jj < nk && zero; ++jj) zero = mq[jj * s.mask_k] == 0.f;
+      if (zero) continue;
+      for (int i = (q - r0 % s.queries + s.queries) % s.queries; i < rows; i += s.queries)
+        for (int jj = 0; jj < nk; ++jj) st[jj * W + i] += mq[jj * s.mask_k];
+    }
+    // online softmax: the new maximum, the old part's scale, the block's weights and sums
+    __m512 bm[NV], alpha[NV], sum[NV];
+    for (int v = 0; v < NV; ++v) bm[v] = m[v];
+    for (int jj = 0; jj < nk; ++jj)
+      for (int v = 0; v < NV; ++v) bm[v] = _mm512_max_ps(bm[v], _mm512_load_ps(st + jj * W + v * 16));
+    for (int v = 0; v < NV; ++v) {
+      alpha[v] = exp16(_mm512_sub_ps(m[v], bm[v]));  // 0 on the first block (m is -inf)
+      m[v] = bm[v];
+      sum[v] = _mm512_setzero_ps();
+    }
+    for (int jj = 0; jj < nk; ++jj)
+      for (int v = 0; v < NV; ++v) {
+        const __m512 p = exp16(_mm512_sub_ps(_mm512_load_ps(st + jj * W + v * 16), m[v]));
+        _mm512_store_ps(st + jj * W + v * 16, p);
+        sum[v] = _mm512_add_ps(sum[v], p);
+      }
+    for (int v = 0; v < NV; ++v) l[v] = _mm512_fmadd_ps(l[v], alpha[v], sum[v]);
+    // out[d][r] = out[d][r] * alpha_r + sum_j v_j[d] p_j[r], eight head elements at a time
+    for (int d0 = 0; d0 < D; d0 += 8) {
+      __m512 acc[8][NV];
+#pragma GCC unroll 8
+      for (int u = 0; u < 8; ++u)
+        for (int v = 0; v < NV; ++v) acc[u][v] = _mm512_mul_ps(_mm512_load_ps(out + (d0 + u) * W + v * 16), alpha[v]);
+      const float* vp = s.value + kb * s.value_stride + d0;
+      for (int jj = 0; jj < nk; ++jj) {
+        __m512 p[NV];
+        for (int v = 0; v < NV; ++v) p[v] = _mm512_load_ps(st + jj * W + v * 16);
+#pragma GCC unroll 8
+        for (int u = 0; u < 8; ++u) {
+          const __m512 x = _mm512_set1_ps(vp[jj * s.value_stride + u]);
+          for (int v = 0; v < NV; ++v) acc[u][v] = _mm512_fmadd_ps(x, p[v], acc[u][v]);
+        }
+      }
+#pragma GCC unroll 8
+      for (int u = 0; u < 8; ++u)
+        for (int v = 0; v < NV; ++v) _mm512_store_ps(out + (d0 + u) * W + v * 16, acc[u][v]);
+    }
+  }
+  for (int v = 0; v < NV; ++v) {
+    _mm512_storeu_ps(max_out + v * 16, m[v]);
+    _mm512_storeu_ps(sum_out + v * 16, l[v]);
+  }
+}
+
+at::Tensor step_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                          const at::Tensor& mask, double scale) {
+  TORCH_CHECK(query.device().is_cpu() && key.device().is_cpu() && value.device().is_cpu() && mask.device().is_cpu(),
+              "step_attention: CPU tensors only");
+  TORCH_CHECK(query.scalar_type() == at::kFloat && key.scalar_type() == at::kFloat &&
+              value.scalar_type() == at::kFloat && mask.scalar_type() == at::kFloat,
+              "step_attention: float32 tensors only");
+  TORCH_CHECK(query.dim() == 4 && key.dim() == 4 && value.dim() == 4 && mask.dim() == 4,
+              "step_attention: query (B, H, Q, D), key and value (B, G, L, D), mask (B, 1, Q, L)");
+  const int64_t B = query.size(0), H = query.size(1), Q = query.size(2), D = query.size(3);
+  const int64_t G = key.size(1), L = key.size(2);
+  TORCH_CHECK(key.size(0) == B && value.sizes() == key.sizes() && key.size(3) == D && G > 0 && H % G == 0,
+              "step_attention: key and value must be (B, G, L, D) with H a multiple of G");
+  TORCH_CHECK(D % 16 == 0 && D <= kMaxHead, "step_attention: head size must be a multiple of 16, at most 256");
+  TORCH_CHECK(key.stride(3) == 1 && value.stride(3) == 1, "step_attention: key and value need unit stride in D");
+  TORCH_CHECK(mask.size(1) == 1 && mask.size(2) == Q && mask.size(3) == L && (mask.size(0) == B || mask.size(0) == 1),
+              "step_attention: mask must be (B, 1, Q, L)");
+  const int64_t per = H / G, R = per * Q;
+  const int NV = R <= 16 ? 1 : 2;
+  const int64_t W = NV * 16, tiles = (R + W - 1) / W;
+  // Split the keys when there are too few tiles for the threads (spans of 256 keys at least).
+  const int64_t threads = at::get_num_threads(), items = B * G * tiles;
+  int64_t splits = 1;
+  if (items < 2 * threads) splits = std::max<int64_t>(1, std::min((2 * threads + items - 1) / items, (L + 255) / 256));
+  const int64_t span = (L + splits - 1) / splits, part_size = D * W + 2 * W;
+  auto out = at::empty({B, Q, H, D}, query.options());
+  auto parts = at::empty({items * splits, part_size}, query.options());
+  const float* qp = query.data_ptr<float>();
+  float* pp = parts.data_ptr<float>();
+  const int64_t mb = mask.size(0) == 1 ? 0 : mask.stride(0);
+  at::parallel_for(0, items * splits, 1, [&](int64_t first, int64_t last) {
+    alignas(64) float qt[kMaxHead * 32];
+    for (int64_t w = first; w < last; ++w) {
+      const int64_t sp = w % splits, t = (w / splits) % tiles, g = (w / splits / tiles) % G, b = w / splits / tiles / G;
+      const int r0 = static_cast<int>(t * W), rows = static_cast<int>(std::min<int64_t>(W, R - r0));
+      std::fill(qt, qt + D * W, 0.f);
+      for (int i = 0; i < rows; ++i) {
+        const int64_t r = r0 + i, h = g * per + r / Q, q = r % Q;
+        const float* src = qp + b * query.stride(0) + h * query.stride(1) + q * query.stride(2);
+        for (int64_t d = 0; d < D; ++d) qt[d * W + i] = src[d * query.stride(3)] * static_cast<float>(scale);
+      }
+      float* part = pp + w * part_size;
+      const int64_t k0 = sp * span, k1 = std::min(L, k0 + span);
+      if (k0 >= k1) {  // an empty span: weight 0 in the merge
+        std::fill(part, part + part_size, 0.f);
+        std::fill(part + D * W, part + D * W + W, -INFINITY);
+        continue;
+      }
+      const Span s{key.data_ptr<float>() + b * key.stride(0) + g * key.stride(1),
+                   value.data_ptr<float>() + b * value.stride(0) + g * value.stride(1),
+                   key.stride(2), value.stride(2), mask.data_ptr<float>() + b * mb, mask.stride(2), mask.stride(3),
+                   static_cast<int>(Q)};
+      if (NV == 1)
+        tile<1>(qt, s, r0, rows, k0, k1, static_cast<int>(D), part, part + D * W, part + D * W + W);
+      else
+        tile<2>(qt, s, r0, rows, k0, k1, static_cast<int>(D), part, part + D * W, part + D * W + W);
+    }
+  });
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, items, 1, [&](int64_t first, int64_t last) {
+    float acc[kMaxHead];
+    for (int64_t it = first; it < last; ++it) {
+      const int64_t t = it % tiles, g = (it / tiles) % G, b = it / tiles / G;
+      const int r0 = static_cast<int>(t * W), rows = static_cast<int>(std::min<int64_t>(W, R - r0));
+      const float* base = pp + it * splits * part_size;
+      for (int i = 0; i < rows; ++i) {
+        float top = -INFINITY;
+        for (int64_t sp = 0; sp < splits; ++sp) top = std::max(top, base[sp * part_size + D * W + i]);
+        float den = 0.f;
+        std::fill(acc, acc + D, 0.f);
+        for (int64_t sp = 0; sp < splits; ++sp) {
+          const float* part = base + sp * part_size;
+          const float weight = part[D * W + i] == -INFINITY ? 0.f : std::exp(part[D * W + i] - top);
+          if (weight == 0.f) continue;
+          den += weight * part[D * W + W + i];
+          for (int64_t d = 0; d < D; ++d) acc[d] += weight * part[d * W + i];
+        }
+        const int64_t r = r0 + i, h = g * per + r / Q, q = r % Q;
+        float* o = op + ((b * Q + q) * H + h) * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = acc[d] / den;
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(paralleldecode_cpu, m) {
+  m.def("step_attention(Tensor query, Tensor key, Tensor value, Tensor mask, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(paralleldecode_cpu, CPU, m) {
+  m.impl("step_attention", &step_attention);
+}
