@@ -26,10 +26,12 @@ at one row) and concatenates the linears that share an input (a layer's query, k
 projections, its gate and up projections: 3-9% off a paragraph-sized step, nothing on an
 article's), so the weights must not change while an engine decodes with it: call
 :meth:`StepCompiler.reset` after training them. Columnar layouts (2D positions) and
-cross-batch mixers stay eager. On the CPU a step computes its attention as grouped matmuls
-(:func:`grouped_attention`), not in torch's flash kernel, which repacks the whole key/value
-buffer of a bf16 call for the step's few queries and, in float32, was slower than the
-matmuls at every step shape measured.
+cross-batch mixers stay eager. On the CPU a step computes its attention in
+:func:`grouped_attention`, not in torch's flash kernel, which repacks the whole key/value
+buffer of a bf16 call for the step's few queries and, in float32, was slower than grouped
+matmuls at every step shape measured: a float32 step goes to the fused flash-decoding kernel
+of :mod:`~paralleldecode.decoding.step_kernel` where it builds (an AVX-512 CPU; the article
+step 64 against 87 ms), other dtypes to two grouped matmuls.
 
 On CUDA the compiled step is also captured as a CUDA graph at a call's second step and
 replayed for the rest of the call (:class:`StepGraph`): a step of a small model is otherwise
@@ -224,9 +226,10 @@ def grouped_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                       is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """The decoding step's attention on the CPU, with transformers' attention-function
-    signature: two matmuls in the model's dtype with the query heads of each key/value head as
-    the rows of one, and the softmax in float32 (as transformers' ``eager`` attention rounds,
-    without its copy of the keys per query head).
+    signature. float32 calls the fused kernel takes (:func:`~paralleldecode.decoding.
+    step_kernel.takes`) go to it; the others are two matmuls in the model's dtype with the
+    query heads of each key/value head as the rows of one, and the softmax in float32 (as
+    transformers' ``eager`` attention rounds, without its copy of the keys per query head).
 
     torch's CPU flash kernel repacks the keys and values of a bf16 call whatever its query
     count, so a step, a few queries over the whole buffer, pays for the buffer's packing:
