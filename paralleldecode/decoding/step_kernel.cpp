@@ -45,6 +45,23 @@ inline __m512 exp16(__m512 x) {
   return _mm512_maskz_mov_ps(static_cast<__mmask16>(~under), _mm512_scalef_ps(p, n));
 }
 
+// acc[u][v] += sum over i < n of a[u * a_row + i * a_step] * b[i * W + v * 16]: eight rows of a,
+// an element at a time broadcast against NV vectors of b (the scores: rows are keys, i runs
+// over the head; the value product: rows are head elements, i runs over the block's keys).
+template <int NV>
+inline void broadcast8(const float* a, int64_t a_row, int64_t a_step, const float* b, int n, __m512 (&acc)[8][NV]) {
+  constexpr int W = NV * 16;
+  for (int i = 0; i < n; ++i) {
+    __m512 x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = _mm512_load_ps(b + i * W + v * 16);
+#pragma GCC unroll 8
+    for (int u = 0; u < 8; ++u) {
+      const __m512 y = _mm512_set1_ps(a[u * a_row + i * a_step]);
+      for (int v = 0; v < NV; ++v) acc[u][v] = _mm512_fmadd_ps(y, x[v], acc[u][v]);
+    }
+  }
+}
+
 struct Span {
   const float* key;    // this key/value head's keys, key i at key + i * key_stride
   const float* value;
@@ -84,15 +101,7 @@ void tile(const float* qt, const Span& s, int r0, int rows, int64_t k0, int64_t 
 #pragma GCC unroll 8
       for (int u = 0; u < 8; ++u)
         for (int v = 0; v < NV; ++v) acc[u][v] = _mm512_setzero_ps();
-      for (int d = 0; d < D; ++d) {
-        __m512 q[NV];
-        for (int v = 0; v < NV; ++v) q[v] = _mm512_load_ps(qt + d * W + v * 16);
-#pragma GCC unroll 8
-        for (int u = 0; u < 8; ++u) {
-          const __m512 k = _mm512_set1_ps(kp[u * s.key_stride + d]);
-          for (int v = 0; v < NV; ++v) acc[u][v] = _mm512_fmadd_ps(k, q[v], acc[u][v]);
-        }
-      }
+      broadcast8<NV>(kp, s.key_stride, 1, qt, D, acc);
 #pragma GCC unroll 8
       for (int u = 0; u < 8; ++u)
         for (int v = 0; v < NV; ++v) _mm512_store_ps(st + (j + u) * W + v * 16, acc[u][v]);
@@ -139,16 +148,7 @@ void tile(const float* qt, const Span& s, int r0, int rows, int64_t k0, int64_t 
 #pragma GCC unroll 8
       for (int u = 0; u < 8; ++u)
         for (int v = 0; v < NV; ++v) acc[u][v] = _mm512_mul_ps(_mm512_load_ps(out + (d0 + u) * W + v * 16), alpha[v]);
-      const float* vp = s.value + kb * s.value_stride + d0;
-      for (int jj = 0; jj < nk; ++jj) {
-        __m512 p[NV];
-        for (int v = 0; v < NV; ++v) p[v] = _mm512_load_ps(st + jj * W + v * 16);
-#pragma GCC unroll 8
-        for (int u = 0; u < 8; ++u) {
-          const __m512 x = _mm512_set1_ps(vp[jj * s.value_stride + u]);
-          for (int v = 0; v < NV; ++v) acc[u][v] = _mm512_fmadd_ps(x, p[v], acc[u][v]);
-        }
-      }
+      broadcast8<NV>(s.value + kb * s.value_stride + d0, 1, s.value_stride, st, nk, acc);
 #pragma GCC unroll 8
       for (int u = 0; u < 8; ++u)
         for (int v = 0; v < NV; ++v) _mm512_store_ps(out + (d0 + u) * W + v * 16, acc[u][v]);
