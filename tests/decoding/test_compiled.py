@@ -12,6 +12,7 @@ import types
 
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from paralleldecode.decoding import (
@@ -21,6 +22,7 @@ from paralleldecode.decoding import (
     independent_rows,
     shared_prefix,
     stack_layouts,
+    step_kernel,
 )
 from paralleldecode.decoding.compiled import (
     ENV,
@@ -185,6 +187,24 @@ def test_the_warm_up_leaves_the_packed_graph_to_packed_runs(engines, monkeypatch
     shapes.clear()
     compiled.warm_up(packed=True)
     assert shapes == [(1, 1), (4, 1), (2, 2)]
+
+
+def test_a_compiled_cpu_step_runs_its_attention_in_the_fused_kernel(engines):
+    eager, compiled = engines["llama"]
+    why = step_kernel.load()
+    if why is not None:
+        assert f"step attention as grouped matmuls ({why})" in compiled.compile_note
+        pytest.skip(f"the step kernel is not available here: {why}")
+    assert "step attention in the fused CPU kernel" in compiled.compile_note
+    ids = _prompts(compiled.tokenizer, 2)
+    greedy = GenerationConfig(max_new_tokens=5, eos_token_ids=())
+    compiled.generate(shared_prefix(ids, compiled.pad_id), greedy)  # compiled before the count
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run = compiled.generate(shared_prefix(ids, compiled.pad_id), greedy)
+    calls = [e.count for e in prof.key_averages() if e.key == "paralleldecode_cpu::step_attention"]
+    assert run.compiled and calls == [compiled.model.config.num_hidden_layers * 4]  # every layer, 4 steps
+    plain = eager.generate(shared_prefix(ids, eager.pad_id), greedy)
+    assert [s.token_ids for s in run.streams] == [s.token_ids for s in plain.streams]
 
 
 def test_grouped_attention_is_sdpa_to_its_dtype_rounding():

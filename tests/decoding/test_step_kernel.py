@@ -1,17 +1,14 @@
 """The compiled CPU step's fused attention kernel: the grouped matmuls' outputs to float32
-rounding on every shape a step hands it, and the kernel really inside a compiled step (the
-compiled steps' token-for-token parity with the eager engine is tests/decoding/test_compiled.py's,
-which runs through the kernel wherever it builds)."""
+rounding on every shape a step hands it. That a compiled step calls it, and the compiled
+steps' token-for-token parity with the eager engine through it, are tests/decoding/test_compiled.py's."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
-from paralleldecode.decoding import DecodingEngine, GenerationConfig, shared_prefix, step_kernel
+from paralleldecode.decoding import step_kernel
 from paralleldecode.decoding.layout import additive
-from paralleldecode.models.loading import load_causal_lm
 
 
 @pytest.fixture(scope="module")
@@ -95,21 +92,3 @@ def test_the_setting_and_its_bad_values(monkeypatch):
     monkeypatch.setenv(step_kernel.ENV, "fast")
     with pytest.raises(ValueError, match=f"{step_kernel.ENV} must be one of auto, off; got 'fast'"):
         step_kernel.unavailable()
-
-
-def test_a_compiled_step_runs_its_attention_in_the_kernel(kernel, tiny_models):
-    model, tok = load_causal_lm(str(tiny_models["llama"]), attn_implementation="sdpa")
-    engine = DecodingEngine(model, tok, compile="on")
-    assert "step attention in the fused CPU kernel" in engine.compile_note
-    ids = tok("The lighthouse at Carrow Point was built in 1871. Who built it?")["input_ids"]
-    layout = shared_prefix([ids, ids[:-2]], engine.pad_id)
-    greedy = GenerationConfig(max_new_tokens=5, eos_token_ids=())
-    engine.generate(layout, greedy)  # compile first
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        run = engine.generate(shared_prefix([ids, ids[:-2]], engine.pad_id), greedy)
-    assert run.compiled
-    calls = [e.count for e in prof.key_averages() if e.key == "paralleldecode_cpu::step_attention"]
-    layers = model.config.num_hidden_layers
-    assert calls and calls[0] == layers * 4  # every layer of every step after the first token
-    eager = DecodingEngine(model, tok, compile="off").generate(shared_prefix([ids, ids[:-2]], engine.pad_id), greedy)
-    assert [s.token_ids for s in run.streams] == [s.token_ids for s in eager.streams]
