@@ -28,10 +28,11 @@ bf16 calls with fewer than :data:`MIN_BF16_KEYS` keys stay with sdpa. Computing 
 faster still but only by 5-15% at 2K-4.7K keys, with four times the error (its scores are
 rounded to bf16 before the softmax).
 
-Everything else goes to transformers' own sdpa function unchanged: no mask (the causal
-path, which sdpa's flash kernel does well), fewer than :data:`MIN_QUERIES` queries (the
-decoding steps), dtypes other than float32 and bfloat16, other devices, gradients, dropout,
-soft-capping, a mask per head, a query that sees no key at all.
+A call with no mask (transformers' plain causal path) goes to :func:`causal_attention`: the
+package's causal CPU kernel for float32 (:mod:`~paralleldecode.decoding.cpu_kernels`), sdpa
+otherwise. Everything else goes to transformers' own sdpa function unchanged: fewer than
+:data:`MIN_QUERIES` queries (the decoding steps), dtypes other than float32 and bfloat16,
+other devices, gradients, dropout, soft-capping, a mask per head, a query that sees no key.
 
 Each block's scores are a fresh tensor of up to 8 MiB, which glibc's malloc would hand out as
 fresh pages every time (the blocked attention of a 4.7K prefill took 8.5-10.6 s that way
@@ -40,8 +41,9 @@ against 5.7-6.6 s with the pages kept); the engine keeps freed memory for reuse
 
 The model is switched to this function by its attention-implementation name
 (:data:`NAME`, registered with transformers next to ``sdpa``, with sdpa's masks) inside
-:meth:`BlockedAttention.routed`, and back after. Only a model loaded with ``sdpa`` is
-switched.
+:meth:`BlockedAttention.routed`, and back after; where the blocked kernel lost its race, to
+:func:`causal_attention` alone (:class:`CausalAttention`). Only a model loaded with ``sdpa``
+is switched.
 
 A second attention function here serves rows that all start from one past held once
 (``batch_cached``'s prefix; :class:`~paralleldecode.decoding.cache.SharedPastLayer`):
@@ -63,6 +65,7 @@ import weakref
 
 import torch
 
+from paralleldecode.decoding import cpu_kernels
 from paralleldecode.decoding.packed import Router
 
 log = logging.getLogger(__name__)
@@ -188,6 +191,36 @@ def _sdpa(*args, **kwargs):
     return sdpa_attention_forward(*args, **kwargs)
 
 
+# Keyword arguments a model may pass its attention function that change what it computes
+# (a maskless call with any of them set stays with sdpa).
+_CHANGING = ("softcap", "position_bias", "sliding_window", "s_aux")
+
+
+def causal_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, dropout: float = 0.0,
+                     scaling: float | None = None, is_causal: bool | None = None,
+                     **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' sdpa attention function, but a plain causal call (no mask, as many keys
+    as queries: a prefill's shared prefix or lone prompt) goes to the package's causal CPU
+    kernel (:func:`~paralleldecode.decoding.cpu_kernels.causal_attention`) where it takes it.
+
+    Args:
+        query: ``(B, H, Q, D)``; key, value: ``(B, G, L, D)`` with ``H`` a multiple of ``G``.
+        attention_mask: None for the causal path; any mask goes to sdpa.
+
+    Returns:
+        ``((B, Q, H, D)`` output, None) as transformers' sdpa function returns it.
+    """
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if (attention_mask is None and causal and query.shape[2] > 1 and query.shape[2] == key.shape[2]
+            and not dropout and all(kwargs.get(k) is None for k in _CHANGING)
+            and cpu_kernels.causal_takes(query, key, value)):
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return cpu_kernels.causal_attention(query, key, value, scale), None
+    return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                 is_causal=is_causal, **kwargs)
+
+
 def _register(name: str, function) -> None:
     """Register ``function`` with transformers as attention implementation ``name``, with
     sdpa's masks (once per name)."""
@@ -258,8 +291,8 @@ def blocked_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     """
     span = masked_span(attention_mask) if _takes(query, key, value, attention_mask, dropout, kwargs) else None
     if span is None:
-        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                     is_causal=is_causal, **kwargs)
+        return causal_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                is_causal=is_causal, **kwargs)
     lo, hi = span
     b, h, q, d = query.shape
     groups, keys = key.shape[1], key.shape[2]
@@ -413,6 +446,15 @@ class BlockedAttention(AttentionSwitch):
     function = staticmethod(blocked_attention)
 
 
+class CausalAttention(AttentionSwitch):
+    """Switches one model's attention to :func:`causal_attention` inside :meth:`routed` (the
+    engine's eager passes on a CPU where the blocked kernel lost its race and the causal
+    kernel is loaded; :func:`blocked_attention` sends its own maskless calls there too)."""
+
+    name = "paralleldecode_causal"
+    function = staticmethod(causal_attention)
+
+
 class SharedPastAttention(AttentionSwitch):
     """Switches one model's attention to :func:`shared_past_attention` inside :meth:`routed`
     (the engine routes the forward passes of rows that read one shared past)."""
@@ -421,6 +463,7 @@ class SharedPastAttention(AttentionSwitch):
     function = staticmethod(shared_past_attention)
 
 
-__all__ = ["AttentionSwitch", "BLOCK_SCORES", "BlockedAttention", "DTYPES", "MIN_BF16_KEYS", "MIN_QUERIES", "NAME",
-           "SharedPastAttention", "available", "blocked_attention", "masked_span", "race",
-           "reading_shared_past", "shared_past_attention", "shared_past_available", "slower_here", "unswitchable"]
+__all__ = ["AttentionSwitch", "BLOCK_SCORES", "BlockedAttention", "CausalAttention", "DTYPES", "MIN_BF16_KEYS",
+           "MIN_QUERIES", "NAME", "SharedPastAttention", "available", "blocked_attention", "causal_attention",
+           "masked_span", "race", "reading_shared_past", "shared_past_attention", "shared_past_available",
+           "slower_here", "unswitchable"]

@@ -30,7 +30,7 @@ cross-batch mixers stay eager. On the CPU a step computes its attention in
 :func:`grouped_attention`, not in torch's flash kernel, which repacks the whole key/value
 buffer of a bf16 call for the step's few queries and, in float32, was slower than grouped
 matmuls at every step shape measured: a float32 step goes to the fused flash-decoding kernel
-of :mod:`~paralleldecode.decoding.step_kernel` where it builds (an AVX-512 CPU; the article
+of :mod:`~paralleldecode.decoding.cpu_kernels` where it builds (an AVX-512 CPU; the article
 step 64 against 87 ms), other dtypes to two grouped matmuls.
 
 On CUDA the compiled step is also captured as a CUDA graph at a call's second step and
@@ -53,7 +53,7 @@ import weakref
 
 import torch
 
-from paralleldecode.decoding import step_kernel
+from paralleldecode.decoding import cpu_kernels
 from paralleldecode.decoding.attention import AttentionSwitch, unswitchable
 from paralleldecode.decoding.layout import PAD, visibility
 
@@ -227,7 +227,7 @@ def grouped_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
                       is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """The decoding step's attention on the CPU, with transformers' attention-function
     signature. float32 calls the fused kernel takes (:func:`~paralleldecode.decoding.
-    step_kernel.takes`) go to it; the others are two matmuls in the model's dtype with the
+    cpu_kernels.step_takes`) go to it; the others are two matmuls in the model's dtype with the
     query heads of each key/value head as the rows of one, and the softmax in float32 (as
     transformers' ``eager`` attention rounds, without its copy of the keys per query head).
 
@@ -259,8 +259,8 @@ def grouped_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     per = h // groups
     scale = scaling if scaling is not None else d ** -0.5
-    if step_kernel.takes(query, key, value, attention_mask):
-        return step_kernel.attention(query, key, value, attention_mask, scale), None
+    if cpu_kernels.step_takes(query, key, value, attention_mask):
+        return cpu_kernels.step_attention(query, key, value, attention_mask, scale), None
     scores = torch.matmul(query.reshape(b, groups, per * q, d), key.transpose(-1, -2))  # (B, G, per Q, L)
     scores = scores.view(b, groups, per, q, length).float() * scale + attention_mask[:, :, None].float()
     weights = softmax(scores).to(query.dtype).view(b, groups, per * q, length)
@@ -405,7 +405,7 @@ class StepCompiler:
             one step), summed.
         fallback: why compiling was given up, or None.
         kernel_note: on the CPU, whether a float32 step's attention runs in the fused kernel
-            (:mod:`~paralleldecode.decoding.step_kernel`) or why not; None elsewhere.
+            (:mod:`~paralleldecode.decoding.cpu_kernels`) or why not; None elsewhere.
     """
 
     _shared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -425,7 +425,7 @@ class StepCompiler:
         # A float32 step's attention on the CPU runs in the fused kernel where it builds.
         self.kernel_note: str | None = None
         if self._freeze and StepAttention.takes(model) and next(model.parameters()).dtype == torch.float32:
-            why = step_kernel.load()
+            why = cpu_kernels.load()
             self.kernel_note = ("step attention in the fused CPU kernel" if why is None
                                 else f"step attention as grouped matmuls ({why})")
 

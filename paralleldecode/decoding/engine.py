@@ -20,8 +20,9 @@ at most ``prefill_chunk`` query slots per row, so no tensor grows with rows x L 
 single row whose leading slots form a plain causal sequence (a shared prefix, a lone
 prompt) sends those through the model's own causal path, with no explicit mask at all.
 Where the steps compile, these eager passes run the model's linears on packed oneDNN
-weights (:mod:`~paralleldecode.decoding.packed`) and its masked attention as blocked oneDNN
-matmuls (:mod:`~paralleldecode.decoding.attention`).
+weights (:mod:`~paralleldecode.decoding.packed`), its masked attention as blocked oneDNN
+matmuls where they win (:mod:`~paralleldecode.decoding.attention`) and its plain causal
+attention in the package's causal kernel (:mod:`~paralleldecode.decoding.cpu_kernels`).
 
 Streams of one call may have their own token budget and stop strings (one
 :class:`GenerationConfig` per stream), which is what lets several groups share a call.
@@ -38,12 +39,15 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from paralleldecode.decoding import cpu_kernels
 from paralleldecode.decoding.attention import (
     BlockedAttention,
+    CausalAttention,
     SharedPastAttention,
     reading_shared_past,
     shared_past_available,
     slower_here,
+    unswitchable,
 )
 from paralleldecode.decoding.attention import available as attention_available
 from paralleldecode.decoding.cache import (
@@ -293,8 +297,9 @@ class DecodingEngine:
             keep_freed_memory()
         # The same setting routes the eager passes' linears through packed oneDNN weights.
         self.packed = PackedLinears.for_model(model, prefill_chunk) if on and available(model) is None else None
-        # ... and their masked attention through blocked oneDNN matmuls (float32 and bf16 sdpa
-        # models) where, raced against sdpa's kernel on this CPU, they are the faster.
+        # ... their masked attention through blocked oneDNN matmuls (float32 and bf16 sdpa
+        # models) where, raced against sdpa's kernel on this CPU, they are the faster, and
+        # their plain causal attention (float32) through the package's causal CPU kernel.
         self.attention = None
         if self.packed is not None:
             self.compile_note += "; eager passes (prefill) with packed oneDNN linears"
@@ -304,6 +309,12 @@ class DecodingEngine:
                 self.compile_note += " and blocked attention"
             else:
                 self.compile_note += f"; masked attention left as it is ({why})"
+            causal = unswitchable(model, "the causal kernel", (torch.float32,)) or cpu_kernels.load()
+            if causal is None:
+                self.attention = self.attention or CausalAttention.for_model(model)
+                self.compile_note += "; causal attention in the fused CPU kernel"
+            else:
+                self.compile_note += f"; causal attention left with sdpa ({causal})"
         self.shared_attention = None
         if share_past and shared_past_available(model) is None:
             self.shared_attention = SharedPastAttention.for_model(model)

@@ -99,14 +99,17 @@ def test_what_it_does_not_take_goes_to_sdpa_itself():
     blind[0, 0, 5] = False  # query 5 sees no key
     per_head = torch.ones(1, 4, 96, 96, dtype=torch.bool).tril()
     few_keys = tuple(t.to(torch.bfloat16) for t in _qkv(1, 4, 2, 96, attention.MIN_BF16_KEYS - 1))
-    for args in [(query, key, value, None),  # the causal path
-                 (*few_keys, torch.ones(1, 1, 96, attention.MIN_BF16_KEYS - 1, dtype=torch.bool)),
+    for args in [(*few_keys, torch.ones(1, 1, 96, attention.MIN_BF16_KEYS - 1, dtype=torch.bool)),
                  (*short, torch.ones(1, 1, attention.MIN_QUERIES - 1, 100, dtype=torch.bool)),
                  (query, key, value, blind), (query, key, value, per_head),
                  (query.double(), key.double(), value.double(), None)]:
         ours, ref = _both(module, *args)
         torch.testing.assert_close(ours, ref, atol=0, rtol=0, equal_nan=True)
     assert masked_span(blind) is None
+    # the causal path: sdpa's, or the causal CPU kernel's where it is loaded (to float32 rounding;
+    # which calls go there is tests/decoding/test_cpu_kernels.py's)
+    ours, ref = _both(module, query, key, value, None)
+    torch.testing.assert_close(ours, ref, atol=5e-6, rtol=1e-5)
     with torch.enable_grad():  # autograd: sdpa's kernel, which has a backward
         q = query.clone().requires_grad_()
         out = blocked_attention(module, q, key, value, torch.ones(1, 1, 96, 96, dtype=torch.bool))[0]
@@ -188,7 +191,7 @@ def test_the_engine_takes_the_kernel_that_wins_the_race(monkeypatch, llama):
     assert len(calls) == 3 and calls[0] == (torch.float32, 4, 2, 16)
     for setting, taken in (("on", True), ("off", False), (" ON ", True)):
         monkeypatch.setenv(attention.ENV, setting)
-        assert (DecodingEngine(model, tok, compile="on").attention is not None) == taken
+        assert (DecodingEngine(model, tok, compile="on").attention is BlockedAttention.for_model(model)) == taken
     assert len(calls) == 3
     assert DecodingEngine(model, tok, compile="off").attention is None
     monkeypatch.setenv(attention.ENV, "fast")

@@ -19,10 +19,10 @@ from paralleldecode.decoding import (
     DecodingEngine,
     GenerationConfig,
     RowCache,
+    cpu_kernels,
     independent_rows,
     shared_prefix,
     stack_layouts,
-    step_kernel,
 )
 from paralleldecode.decoding.compiled import (
     ENV,
@@ -189,9 +189,9 @@ def test_the_warm_up_leaves_the_packed_graph_to_packed_runs(engines, monkeypatch
     assert shapes == [(1, 1), (4, 1), (2, 2)]
 
 
-def test_a_compiled_cpu_step_runs_its_attention_in_the_fused_kernel(engines):
+def test_a_compiled_cpu_engine_runs_its_attention_in_the_fused_kernels(engines):
     eager, compiled = engines["llama"]
-    why = step_kernel.load()
+    why = cpu_kernels.load()
     if why is not None:
         assert f"step attention as grouped matmuls ({why})" in compiled.compile_note
         pytest.skip(f"the step kernel is not available here: {why}")
@@ -201,8 +201,12 @@ def test_a_compiled_cpu_step_runs_its_attention_in_the_fused_kernel(engines):
     compiled.generate(shared_prefix(ids, compiled.pad_id), greedy)  # compiled before the count
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run = compiled.generate(shared_prefix(ids, compiled.pad_id), greedy)
-    calls = [e.count for e in prof.key_averages() if e.key == "paralleldecode_cpu::step_attention"]
-    assert run.compiled and calls == [compiled.model.config.num_hidden_layers * 4]  # every layer, 4 steps
+    calls = {e.key: e.count for e in prof.key_averages() if e.key.startswith("paralleldecode_cpu::")}
+    layers = compiled.model.config.num_hidden_layers
+    # every layer of 4 steps, and of the shared prefix's plain causal pass in the prefill
+    assert run.compiled and calls == {"paralleldecode_cpu::step_attention": layers * 4,
+                                      "paralleldecode_cpu::causal_attention": layers}
+    assert "causal attention in the fused CPU kernel" in compiled.compile_note
     plain = eager.generate(shared_prefix(ids, eager.pad_id), greedy)
     assert [s.token_ids for s in run.streams] == [s.token_ids for s in plain.streams]
 

@@ -1,16 +1,19 @@
-// The decoding step's attention on an AVX-512 CPU, float32: a few queries per key/value head
-// against a long key/value buffer, with the engine's additive mask, in one pass over the keys
+// Attention kernels for an AVX-512 CPU, float32, built at run time by
+// paralleldecode/decoding/cpu_kernels.py (torch.utils.cpp_extension) and registered as the
+// operators paralleldecode_cpu::step_attention and paralleldecode_cpu::causal_attention.
+//
+// step_attention: the decoding step's attention, a few queries per key/value head against a
+// long key/value buffer, with the engine's additive mask, in one pass over the keys
 // (flash-decoding: scores, online softmax and the value product per block of keys, the keys
 // split between threads and the parts merged by their maxima and sums).
-//
-// Built at run time by paralleldecode/decoding/step_kernel.py (torch.utils.cpp_extension) and
-// registered as the operator paralleldecode_cpu::step_attention.
+// causal_attention: a prefill's plain causal attention, the same per-tile loop over tiles of
+// consecutive queries, each reading the keys up to its last query.
 //
 // Layout. The queries of the heads that share key/value head g are the rows of one tile
 // (row r = p * Q + q for query head g * per + p and query q), held transposed and scaled,
-// qt[d][row], so that a key's element is broadcast against 16 or 32 rows at once; the block's
-// scores are kept transposed too, st[key][row], so the softmax runs across rows in registers
-// and the value product broadcasts a value's element against the same rows.
+// qt[d][row], so that a key's element is broadcast against 16, 32 or 48 rows at once; the
+// block's scores are kept transposed too, st[key][row], so the softmax runs across rows in
+// registers and the value product broadcasts a value's element against the same rows.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -66,9 +69,10 @@ struct Span {
   const float* key;    // this key/value head's keys, key i at key + i * key_stride
   const float* value;
   int64_t key_stride, value_stride;
-  const float* mask;   // this row's mask, query q and key i at mask + q * mask_q + i * mask_k
-  int64_t mask_q, mask_k;
-  int queries;         // Q: a tile row r reads the mask of query r % Q
+  const float* mask;   // this row's mask, query q and key i at mask + q * mask_q + i * mask_k;
+  int64_t mask_q, mask_k;  // null: causal, query q of the tile at position first + q sees keys <= it
+  int queries;         // Q: a tile row r is query r % Q
+  int64_t first;       // causal only: the position of the tile's query 0
 };
 
 // Rows [r0, r0 + rows) of one tile of NV * 16 rows against keys [k0, k1). qt: (D, NV * 16)
@@ -116,8 +120,16 @@ void tile(const float* qt, const Span& s, int r0, int rows, int64_t k0, int64_t 
       }
       for (int v = 0; v < NV; ++v) _mm512_store_ps(st + j * W + v * 16, acc[v]);
     }
+    // causal: a key after the tile's first query is hidden from the earlier queries
+    if (s.mask == nullptr) {
+      for (int jj = static_cast<int>(std::max<int64_t>(0, s.first + 1 - kb)); jj < nk; ++jj) {
+        const int64_t hidden = kb + jj - s.first;  // queries q < hidden do not see key kb + jj
+        for (int i = 0; i < rows; ++i)
+          if ((r0 + i) % s.queries < hidden) st[jj * W + i] = -INFINITY;
+      }
+    }
     // the mask, added only for the queries whose mask is not all zero over this block
-    for (int q = 0; q < s.queries; ++q) {
+    for (int q = 0; s.mask != nullptr && q < s.queries; ++q) {
       const float* mq = s.mask + q * s.mask_q + kb * s.mask_k;
       bool zero = true;
       for (int jj = 0; jj < nk && zero; ++jj) zero = mq[jj * s.mask_k] == 0.f;
@@ -211,7 +223,7 @@ at::Tensor step_attention(const at::Tensor& query, const at::Tensor& key, const 
       const Span s{key.data_ptr<float>() + b * key.stride(0) + g * key.stride(1),
                    value.data_ptr<float>() + b * value.stride(0) + g * value.stride(1),
                    key.stride(2), value.stride(2), mask.data_ptr<float>() + b * mb, mask.stride(2), mask.stride(3),
-                   static_cast<int>(Q)};
+                   static_cast<int>(Q), 0};
       if (NV == 1)
         tile<1>(qt, s, r0, rows, k0, k1, static_cast<int>(D), part, part + D * W, part + D * W + W);
       else
@@ -246,12 +258,80 @@ at::Tensor step_attention(const at::Tensor& query, const at::Tensor& key, const 
   return out;
 }
 
+// Causal attention of a prefill pass over keys it computed itself or that precede it: query i
+// (of Lq) is at position Lk - Lq + i and sees keys 0..its position. The queries of the heads
+// that share a key/value head go in tiles of T consecutive positions (T * per rows, at most 48);
+// a tile reads keys up to its last query only, so the causal half is skipped but for the
+// tile's own T x T corner. Tiles are handed out longest first, one at a time.
+at::Tensor causal_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, double scale) {
+  TORCH_CHECK(query.device().is_cpu() && key.device().is_cpu() && value.device().is_cpu(),
+              "causal_attention: CPU tensors only");
+  TORCH_CHECK(query.scalar_type() == at::kFloat && key.scalar_type() == at::kFloat && value.scalar_type() == at::kFloat,
+              "causal_attention: float32 tensors only");
+  TORCH_CHECK(query.dim() == 4 && key.dim() == 4 && value.dim() == 4,
+              "causal_attention: query (B, H, Lq, D), key and value (B, G, Lk, D)");
+  const int64_t B = query.size(0), H = query.size(1), Lq = query.size(2), D = query.size(3);
+  const int64_t G = key.size(1), Lk = key.size(2);
+  TORCH_CHECK(key.size(0) == B && value.sizes() == key.sizes() && key.size(3) == D && G > 0 && H % G == 0,
+              "causal_attention: key and value must be (B, G, Lk, D) with H a multiple of G");
+  TORCH_CHECK(Lk >= Lq, "causal_attention: fewer keys than queries");
+  TORCH_CHECK(D % 16 == 0 && D <= kMaxHead, "causal_attention: head size must be a multiple of 16, at most 256");
+  TORCH_CHECK(key.stride(3) == 1 && value.stride(3) == 1, "causal_attention: key and value need unit stride in D");
+  const int64_t per = H / G;
+  TORCH_CHECK(per <= 48, "causal_attention: at most 48 query heads per key/value head");
+  const int64_t T = 48 / per, R = per * T;
+  const int NV = static_cast<int>((R + 15) / 16);
+  const int64_t W = NV * 16, tiles = (Lq + T - 1) / T, items = B * G * tiles, offset = Lk - Lq;
+  auto out = at::empty({B, Lq, H, D}, query.options());
+  const float* qp = query.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int threads = at::get_num_threads();
+#pragma omp parallel num_threads(threads)
+  {
+    alignas(64) float qt[kMaxHead * 48];
+    alignas(64) float acc[kMaxHead * 48 + 2 * 48];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t w = 0; w < items; ++w) {
+      // longest first: the last tiles of every (b, g) read the most keys
+      const int64_t t = tiles - 1 - w / (B * G), g = (w % (B * G)) % G, b = (w % (B * G)) / G;
+      const int64_t q0 = t * T, nq = std::min<int64_t>(T, Lq - q0);
+      std::fill(qt, qt + D * W, 0.f);
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t h = g * per + r / T, q = q0 + r % T;
+        if (q >= Lq) continue;
+        const float* src = qp + b * query.stride(0) + h * query.stride(1) + q * query.stride(2);
+        for (int64_t d = 0; d < D; ++d) qt[d * W + r] = src[d * query.stride(3)] * static_cast<float>(scale);
+      }
+      const Span s{key.data_ptr<float>() + b * key.stride(0) + g * key.stride(1),
+                   value.data_ptr<float>() + b * value.stride(0) + g * value.stride(1),
+                   key.stride(2), value.stride(2), nullptr, 0, 0, static_cast<int>(T), offset + q0};
+      const int64_t k1 = offset + q0 + nq;
+      if (NV == 1)
+        tile<1>(qt, s, 0, static_cast<int>(R), 0, k1, static_cast<int>(D), acc, acc + D * W, acc + D * W + W);
+      else if (NV == 2)
+        tile<2>(qt, s, 0, static_cast<int>(R), 0, k1, static_cast<int>(D), acc, acc + D * W, acc + D * W + W);
+      else
+        tile<3>(qt, s, 0, static_cast<int>(R), 0, k1, static_cast<int>(D), acc, acc + D * W, acc + D * W + W);
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t h = g * per + r / T, q = q0 + r % T;
+        if (q >= Lq) continue;
+        const float inv = 1.f / acc[D * W + W + r];
+        float* o = op + ((b * Lq + q) * H + h) * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = acc[d * W + r] * inv;
+      }
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(paralleldecode_cpu, m) {
   m.def("step_attention(Tensor query, Tensor key, Tensor value, Tensor mask, float scale) -> Tensor");
+  m.def("causal_attention(Tensor query, Tensor key, Tensor value, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(paralleldecode_cpu, CPU, m) {
   m.impl("step_attention", &step_attention);
+  m.impl("causal_attention", &causal_attention);
 }

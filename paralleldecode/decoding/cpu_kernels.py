@@ -1,0 +1,194 @@
+"""The package's fused CPU attention kernels (``cpu_kernels.cpp``), built at run time.
+
+Two float32 kernels for AVX-512 CPUs, one C++ source, one build, registered as operators of
+the ``paralleldecode_cpu`` library:
+
+* ``step_attention`` (:func:`step_attention`): the compiled CPU step's attention. A
+  decoding step's attention is a few queries per key/value head (one per stream and query
+  head) against the whole key/value buffer. As the two grouped matmuls of
+  :func:`~paralleldecode.decoding.compiled.grouped_attention` it is small-row products, which
+  MKL and oneDNN compute at about a third of their large-matmul rate, with the scores written
+  out and read back by the mask, the softmax and the second product. The kernel reads each
+  block of keys and values once: scores, mask, online softmax and the value product per block
+  of 64 keys, the queries of a key/value head as the 16 or 32 lanes of AVX-512 registers, the
+  next blocks prefetched, and the keys split between threads when there are fewer tiles than
+  threads (the parts merged by their maxima and sums, as flash-decoding does).
+* ``causal_attention`` (:func:`causal_attention`): the eager passes' plain causal attention
+  (a prefill's shared prefix or lone prompt, which transformers hands to sdpa with no mask).
+  The same tile loop over tiles of consecutive queries: each tile of ``T`` positions of the
+  heads that share a key/value head (at most 48 rows, three registers wide) reads the keys up
+  to its last query only, so of the causal triangle only the tile's own ``T x T`` corner is
+  computed and masked, where torch's flash kernel computes whole 256 x 512 blocks across the
+  diagonal; tiles are handed to threads longest first.
+
+Measured on the embedded model's shapes (30 layers of 9 query heads over 3 key/value heads of
+64, float32, 2 threads of an Intel Xeon with AMX). The step kernel against the eager grouped
+matmuls (cold buffers): one row of ten branches over 4,800 keys 21.2 against 45.6 ms; over
+2,400 keys 10.9 against 24.3; one row of five branches over 400 keys 2.1 against 4.3; five
+rows of one query 9.3 against 9.3; eight rows of five branches 16.7 against 21.2. FlexAttention
+compiled for the same step measured 92.9 ms at 4,800 keys (see docs/results.md), so the field
+library is not the faster one here. The causal kernel against sdpa's flash kernel
+(``is_causal``), per layer: 4,800 tokens 102 against 123 ms (259 against 215 GFLOP/s),
+1,000 tokens 5.0 against 7.4.
+
+Both are taken for float32 tensors on a CPU with AVX-512 (``torch.backends.cpu.
+get_cpu_capability()``) and a head size that is a multiple of 16 (at most 256); bfloat16 and
+other CPUs keep the matmuls and sdpa. ``PARALLELDECODE_CPU_KERNELS=off`` keeps them too (for
+measuring what the kernels give). The first build takes about 20 s and is cached on disk by
+``torch.utils.cpp_extension`` (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``);
+a build that fails leaves the matmuls and sdpa, with one warning naming why.
+
+Sums are taken in another order than the matmuls' and sdpa's (per block of keys, then
+merged), so outputs differ from them by float32 rounding (about 1e-7 on unit-scale values);
+greedy replies are tested equal to the eager engine's (``tests/decoding/test_compiled.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ENV = "PARALLELDECODE_CPU_KERNELS"
+SETTINGS = ("auto", "off")
+SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+NAME = "paralleldecode_cpu_kernels"
+# The head sizes the kernel takes: multiples of 16 up to this.
+MAX_HEAD = 256
+
+_state: dict[str, str | None] = {}  # "why": None once loaded, a reason when it cannot be
+
+
+def unavailable() -> str | None:
+    """Why the kernels cannot be built here (the setting, the CPU, the toolchain), or None."""
+    setting = os.environ.get(ENV, "auto")
+    if setting not in SETTINGS:
+        raise ValueError(f"{ENV} must be one of {', '.join(SETTINGS)}; got {setting!r}")
+    if setting == "off":
+        return f"{ENV}=off"
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability != "AVX512":
+        return f"it needs AVX-512, this CPU's best is {capability}"
+    if not any(shutil.which(c) for c in ("g++", "c++")):
+        return "no C++ compiler (g++ or c++) on PATH"
+    return None
+
+
+def load() -> str | None:
+    """Build (first use on a machine) and load the kernels once per process; returns why they
+    are not available, or None when the ``torch.ops.paralleldecode_cpu`` operators are loaded."""
+    if "why" in _state:
+        return _state["why"]
+    why = unavailable()
+    if why is None:
+        try:
+            _build()
+        except Exception as err:  # noqa: BLE001 - any build failure keeps the matmuls
+            lines = str(err).strip().splitlines() or [""]
+            first = next((line for line in lines if "error:" in line), lines[0]).strip()[:200]
+            why = f"building it failed ({type(err).__name__}: {first})"
+            log.warning("compile: the fused CPU attention kernels are off, %s", why)
+    _state["why"] = why
+    return why
+
+
+def _build() -> None:
+    from torch.utils.cpp_extension import load as build
+
+    ninja = _ninja_dir()
+    if ninja and ninja not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = ninja + os.pathsep + os.environ.get("PATH", "")
+    # AVX-512 F only (no -march=native: the cached build may serve another AVX-512 machine).
+    build(NAME, [str(SOURCE)], extra_cflags=["-O3", "-mavx512f", "-mfma", "-fopenmp"],
+          extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+
+    @torch.library.register_fake("paralleldecode_cpu::step_attention")
+    def _(query, key, value, mask, scale):
+        b, h, q, d = query.shape
+        return query.new_empty((b, q, h, d))
+
+    @torch.library.register_fake("paralleldecode_cpu::causal_attention")
+    def _(query, key, value, scale):
+        b, h, q, d = query.shape
+        return query.new_empty((b, q, h, d))
+
+
+def _ninja_dir() -> str | None:
+    """The folder of the ``ninja`` the pip package installs (torch's builder runs ``ninja``
+    from PATH, which a virtual environment's scripts folder is not on unless activated)."""
+    try:
+        import ninja
+    except ImportError:
+        return None
+    return getattr(ninja, "BIN_DIR", None)
+
+
+def loaded() -> bool:
+    """Whether :func:`load` succeeded in this process."""
+    return "why" in _state and _state["why"] is None
+
+
+def _fits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
+    """Loaded, float32 CPU tensors, a head size the kernels take, keys and values contiguous
+    in the head dimension, no gradient wanted."""
+    d = query.shape[-1]
+    return (loaded() and query.device.type == "cpu" and query.dtype == key.dtype == value.dtype == torch.float32
+            and d % 16 == 0 and d <= MAX_HEAD and key.stride(-1) == 1 and value.stride(-1) == 1
+            and not torch.is_grad_enabled())
+
+
+def step_takes(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Whether a step's attention call goes to :func:`step_attention`: it is loaded, the tensors
+    are float32 on the CPU, the head size a multiple of 16 (at most :data:`MAX_HEAD`), keys and
+    values contiguous in the head dimension and the mask additive ``(B or 1, 1, Q, L)``."""
+    return (_fits(query, key, value) and mask.dtype == torch.float32 and mask.dim() == 4
+            and mask.shape[1] == 1)
+
+
+def step_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+                   scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v with grouped key/value heads, in the step kernel.
+
+    Args:
+        query: ``(B, H, Q, D)`` float32.
+        key, value: ``(B, G, L, D)`` float32, ``H`` a multiple of ``G``, unit stride in ``D``.
+        mask: ``(B, 1, Q, L)`` (or ``(1, 1, Q, L)``) additive float32.
+
+    Returns:
+        ``(B, Q, H, D)`` contiguous (transformers' attention output layout).
+    """
+    return torch.ops.paralleldecode_cpu.step_attention(query, key, value, mask, scale)
+
+
+# The causal kernel's tiles hold at most this many rows (query heads per key/value head x positions).
+MAX_GROUP = 48
+
+
+def causal_takes(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether a maskless causal call goes to :func:`causal_attention`: as :func:`step_takes`
+    for the tensors, at least as many keys as queries, at most :data:`MAX_GROUP` query heads
+    per key/value head."""
+    h, g = query.shape[1], key.shape[1]
+    return (_fits(query, key, value) and key.shape[2] >= query.shape[2] and g > 0 and h % g == 0
+            and h // g <= MAX_GROUP)
+
+
+def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention with grouped key/value heads, in the causal kernel: query ``i`` is at
+    position ``L - Q + i`` and sees keys ``0 .. L - Q + i`` (for ``Q == L``, sdpa's
+    ``is_causal``).
+
+    Args:
+        query: ``(B, H, Q, D)`` float32, any strides.
+        key, value: ``(B, G, L, D)`` float32, ``L >= Q``, ``H`` a multiple of ``G`` (at most
+            :data:`MAX_GROUP` times), unit stride in ``D``.
+
+    Returns:
+        ``(B, Q, H, D)`` contiguous (transformers' attention output layout).
+    """
+    return torch.ops.paralleldecode_cpu.causal_attention(query, key, value, scale)
