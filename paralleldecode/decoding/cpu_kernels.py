@@ -45,6 +45,7 @@ greedy replies are tested equal to the eager engine's (``tests/decoding/test_com
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -126,6 +127,21 @@ def _ninja_dir() -> str | None:
     except ImportError:
         return None
     return getattr(ninja, "BIN_DIR", None)
+
+
+@contextlib.contextmanager
+def suspended():
+    """Inside, no call goes to the kernels, as if they had not loaded (for measuring them
+    against the paths they replace in one process: ``benchmarks/prefill_speed.py``). Engines
+    made inside note them as not taken; the compiled graphs that already call the step
+    kernel keep calling it."""
+    held = dict(_state)
+    _state["why"] = "suspended"
+    try:
+        yield
+    finally:
+        _state.clear()
+        _state.update(held)
 
 
 def loaded() -> bool:

@@ -174,3 +174,13 @@ def test_the_eager_passes_send_only_plain_causal_calls_to_the_kernel(kernel):
         assert kernel_calls(query, key, value, None, sliding_window=8) == 0
         assert kernel_calls(query[:, :, -1:], key, value, None) == 0
     assert kernel_calls(query, key, value, None) == 0  # gradients wanted
+
+
+def test_suspended_kernels_take_nothing_until_the_block_ends(kernel):
+    query = torch.randn(1, 4, 6, 16)
+    key = value = torch.randn(1, 2, 6, 16)
+    with torch.inference_mode():
+        with cpu_kernels.suspended():
+            assert not cpu_kernels.loaded() and not cpu_kernels.causal_takes(query, key, value)
+            assert cpu_kernels.load() == "suspended"
+        assert cpu_kernels.loaded() and cpu_kernels.causal_takes(query, key, value)
