@@ -132,7 +132,14 @@ void tile(const float* qt, const Span& s, int r0, int rows, int64_t k0, int64_t 
     for (int q = 0; s.mask != nullptr && q < s.queries; ++q) {
       const float* mq = s.mask + q * s.mask_q + kb * s.mask_k;
       bool zero = true;
-      for (int jj = 0; jj < nk && zero; ++jj) zero = mq[jj * s.mask_k] == 0.f;
+      if (s.mask_k == 1) {  // a contiguous mask row: 16 keys per compare
+        for (int jj = 0; jj < nk && zero; jj += 16) {
+          const __mmask16 live = nk - jj >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (nk - jj)) - 1);
+          zero = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(live, mq + jj), _mm512_setzero_ps(), _CMP_NEQ_UQ) == 0;
+        }
+      } else {
+        for (int jj = 0; jj < nk && zero; ++jj) zero = mq[jj * s.mask_k] == 0.f;
+      }
       if (zero) continue;
       for (int i = (q - r0 % s.queries + s.queries) % s.queries; i < rows; i += s.queries)
         for (int jj = 0; jj < nk; ++jj) st[jj * W + i] += mq[jj * s.mask_k];

@@ -71,8 +71,11 @@ def test_a_mask_for_every_row_at_once_and_the_buffers_tail(kernel):
     with torch.inference_mode():
         ours = cpu_kernels.step_attention(query, key, value, mask, 0.25)
         short = cpu_kernels.step_attention(query, key[:, :, :60], value[:, :, :60], mask[..., :60], 0.25)
+        strided = mask.transpose(-1, -2).contiguous().transpose(-1, -2)  # keys not adjacent in memory
+        across = cpu_kernels.step_attention(query, key, value, strided, 0.25)
     torch.testing.assert_close(ours, _matmuls(query, key, value, mask, 0.25), atol=5e-6, rtol=1e-5)
     torch.testing.assert_close(ours, short, atol=5e-6, rtol=1e-5)
+    torch.testing.assert_close(ours, across, atol=0, rtol=0)
 
 
 def test_bad_calls_name_what_the_kernel_takes(kernel):
