@@ -150,12 +150,14 @@ def loaded() -> bool:
 
 
 def _fits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
-    """Loaded, float32 CPU tensors, a head size the kernels take, keys and values contiguous
-    in the head dimension, no gradient wanted."""
+    """Loaded, float32 CPU tensors of 4 dimensions, keys and values of one shape and the
+    queries' head size (a size the kernels take), contiguous in the head dimension, no
+    gradient wanted."""
     d = query.shape[-1]
     return (loaded() and query.device.type == "cpu" and query.dtype == key.dtype == value.dtype == torch.float32
-            and d % 16 == 0 and d <= MAX_HEAD and key.stride(-1) == 1 and value.stride(-1) == 1
-            and not torch.is_grad_enabled())
+            and query.dim() == key.dim() == 4 and key.shape == value.shape and key.shape[0] == query.shape[0]
+            and key.shape[-1] == d and d % 16 == 0 and d <= MAX_HEAD and key.stride(-1) == 1
+            and value.stride(-1) == 1 and not torch.is_grad_enabled())
 
 
 def step_takes(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> bool:

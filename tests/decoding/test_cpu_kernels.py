@@ -147,6 +147,8 @@ def test_bad_causal_calls_name_what_the_kernel_takes(kernel):
         assert not cpu_kernels.causal_takes(query, key[:, :, :5], value[:, :, :5])
         assert not cpu_kernels.causal_takes(query.bfloat16(), key.bfloat16(), value.bfloat16())
         assert not cpu_kernels.causal_takes(torch.randn(1, 49, 6, 16), key[:, :1], value[:, :1])
+        # values of another head size than the keys' (as in latent attention): sdpa's
+        assert not cpu_kernels.causal_takes(query, key, torch.randn(1, 2, 6, 32))
 
 
 def test_the_eager_passes_send_only_plain_causal_calls_to_the_kernel(kernel):
