@@ -25,6 +25,16 @@ def kernel():
         pytest.skip(f"the CPU kernels are not available here: {why}")
 
 
+def _inputs(shape):
+    """A generator seeded by the shape, ``(B, H, Q, D)`` queries in transformers' (strided)
+    layout and ``(B, G, L, D)`` keys and values for a ``(B, H, G, Q, L, D)`` shape."""
+    b, h, g, q, length, d = shape
+    gen = torch.Generator().manual_seed(sum(shape))
+    query = torch.randn(b, q, h, d, generator=gen).transpose(1, 2)
+    key, value = (torch.randn(b, g, length, d, generator=gen) for _ in range(2))
+    return gen, query, key, value
+
+
 def _matmuls(query, key, value, mask, scale):
     """The reference: grouped_attention's float32 path, (B, Q, H, D)."""
     b, h, q, d = query.shape
@@ -46,9 +56,7 @@ SHAPES = [(1, 9, 3, 10, 4800, 64), (5, 9, 3, 1, 333, 64), (1, 9, 3, 12, 700, 64)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_the_kernel_is_the_grouped_matmuls_to_float32_rounding(kernel, shape):
     b, h, g, q, length, d = shape
-    gen = torch.Generator().manual_seed(sum(shape))
-    query = torch.randn(b, q, h, d, generator=gen).transpose(1, 2)  # transformers' (strided) layout
-    key, value = (torch.randn(b, g, length, d, generator=gen) for _ in range(2))
+    gen, query, key, value = _inputs(shape)
     allowed = torch.rand(b, q, length, generator=gen) > 0.3
     allowed[..., 0] = True
     allowed[..., -1] = False  # a masked last key (the block tail)
@@ -124,9 +132,7 @@ CAUSAL_SHAPES = [(1, 9, 3, 700, 700, 64), (2, 4, 4, 130, 130, 16), (1, 8, 4, 77,
 @pytest.mark.parametrize("shape", CAUSAL_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_the_causal_kernel_is_sdpa_to_float32_rounding(kernel, shape):
     b, h, g, q, length, d = shape
-    gen = torch.Generator().manual_seed(sum(shape))
-    query = torch.randn(b, q, h, d, generator=gen).transpose(1, 2)  # transformers' (strided) layout
-    key, value = (torch.randn(b, g, length, d, generator=gen) for _ in range(2))
+    _, query, key, value = _inputs(shape)
     with torch.inference_mode():
         ours = cpu_kernels.causal_attention(query, key, value, d ** -0.5)
     assert ours.shape == (b, q, h, d) and ours.is_contiguous()
