@@ -10,11 +10,12 @@ alternately, the median of ``--repeats``:
 
 * ``eager``: ``compile: off``, the plain reference (MKL linears, sdpa attention);
 * ``packed``: ``compile: on``'s eager passes with packed oneDNN linears and the package's CPU
-  kernels suspended (:func:`~paralleldecode.decoding.cpu_kernels.suspended`): the causal
-  attention left with sdpa, as the engine ran it before 2026-12-05 (evening);
+  kernels suspended (:func:`~paralleldecode.decoding.cpu_kernels.suspended`): the attention
+  left with sdpa, as the engine ran it on the Intel machine before 2026-12-05 (evening);
 * ``kernels``: ``compile: on``'s eager passes as the engine runs them: packed linears and the
-  context's attention in :func:`~paralleldecode.decoding.cpu_kernels.causal_attention` where
-  it is built (the engine's compile note says which).
+  attention (the context's causal pass, the branches' masked one) in
+  :func:`~paralleldecode.decoding.cpu_kernels.prefill_attention` where it is built (the
+  engine's compile note says which).
 
     python benchmarks/prefill_speed.py
     python benchmarks/prefill_speed.py --lengths 1000,2000,4700 --repeats 5

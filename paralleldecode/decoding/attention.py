@@ -28,11 +28,17 @@ bf16 calls with fewer than :data:`MIN_BF16_KEYS` keys stay with sdpa. Computing 
 faster still but only by 5-15% at 2K-4.7K keys, with four times the error (its scores are
 rounded to bf16 before the softmax).
 
-A call with no mask (transformers' plain causal path) goes to :func:`causal_attention`: the
-package's causal CPU kernel for float32 (:mod:`~paralleldecode.decoding.cpu_kernels`), sdpa
-otherwise. Everything else goes to transformers' own sdpa function unchanged: fewer than
-:data:`MIN_QUERIES` queries (the decoding steps), dtypes other than float32 and bfloat16,
-other devices, gradients, dropout, soft-capping, a mask per head, a query that sees no key.
+Everything else goes to transformers' own sdpa function unchanged: no mask (the causal
+path), fewer than :data:`MIN_QUERIES` queries (the decoding steps), dtypes other than
+float32 and bfloat16, other devices, gradients, dropout, soft-capping, a mask per head, a
+query that sees no key.
+
+Where the package's prefill CPU kernel is loaded (float32 models on an AVX-512 CPU,
+:mod:`~paralleldecode.decoding.cpu_kernels`), the engine's eager passes take it instead of
+racing this kernel: :func:`prefill_attention` sends it the causal and the masked calls of a
+prefill (it beat sdpa's kernel on every shape measured on the Intel machine, 1.2-1.8x) and
+the rest to sdpa; the blocked kernel then serves bfloat16 models and CPUs without the
+prefill kernel.
 
 Each block's scores are a fresh tensor of up to 8 MiB, which glibc's malloc would hand out as
 fresh pages every time (the blocked attention of a 4.7K prefill took 8.5-10.6 s that way
@@ -41,9 +47,8 @@ against 5.7-6.6 s with the pages kept); the engine keeps freed memory for reuse
 
 The model is switched to this function by its attention-implementation name
 (:data:`NAME`, registered with transformers next to ``sdpa``, with sdpa's masks) inside
-:meth:`BlockedAttention.routed`, and back after; where the blocked kernel lost its race, to
-:func:`causal_attention` alone (:class:`CausalAttention`). Only a model loaded with ``sdpa``
-is switched.
+:meth:`BlockedAttention.routed`, and back after; to :func:`prefill_attention` likewise
+(:class:`PrefillAttention`). Only a model loaded with ``sdpa`` is switched.
 
 A second attention function here serves rows that all start from one past held once
 (``batch_cached``'s prefix; :class:`~paralleldecode.decoding.cache.SharedPastLayer`):
@@ -192,31 +197,39 @@ def _sdpa(*args, **kwargs):
 
 
 # Keyword arguments a model may pass its attention function that change what it computes
-# (a maskless call with any of them set stays with sdpa).
+# (a call with any of them set stays with sdpa).
 _CHANGING = ("softcap", "position_bias", "sliding_window", "s_aux")
 
 
-def causal_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: torch.Tensor | None, dropout: float = 0.0,
-                     scaling: float | None = None, is_causal: bool | None = None,
-                     **kwargs) -> tuple[torch.Tensor, None]:
-    """transformers' sdpa attention function, but a plain causal call (no mask, as many keys
-    as queries: a prefill's shared prefix or lone prompt) goes to the package's causal CPU
-    kernel (:func:`~paralleldecode.decoding.cpu_kernels.causal_attention`) where it takes it.
+def prefill_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, dropout: float = 0.0,
+                      scaling: float | None = None, is_causal: bool | None = None,
+                      **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' sdpa attention function, but a prefill pass's call goes to the package's
+    prefill CPU kernel (:func:`~paralleldecode.decoding.cpu_kernels.prefill_attention`) where
+    it takes it: a plain causal call (no mask, as many keys as queries: a shared prefix, a lone
+    prompt) and a masked one of at least :data:`MIN_QUERIES` queries under an additive float32
+    mask (branches, a chunk over the cache, left-padded rows; the engine's masks let every
+    query see at least itself). Fewer queries (the eager decoding steps), other masks and
+    dtypes, dropout, soft-capping, sliding windows, sinks and gradients go to sdpa.
 
     Args:
         query: ``(B, H, Q, D)``; key, value: ``(B, G, L, D)`` with ``H`` a multiple of ``G``.
-        attention_mask: None for the causal path; any mask goes to sdpa.
+        attention_mask: None for the causal path, or ``(B or 1, 1, Q, L)``.
 
     Returns:
         ``((B, Q, H, D)`` output, None) as transformers' sdpa function returns it.
     """
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    if (attention_mask is None and causal and query.shape[2] > 1 and query.shape[2] == key.shape[2]
-            and not dropout and all(kwargs.get(k) is None for k in _CHANGING)
-            and cpu_kernels.causal_takes(query, key, value)):
+    q = query.shape[2]
+    plain = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if attention_mask is None:
+        takes = plain and q > 1 and q == key.shape[2]
+    else:
+        takes = q >= MIN_QUERIES and isinstance(attention_mask, torch.Tensor)
+    if (takes and not dropout and all(kwargs.get(k) is None for k in _CHANGING)
+            and cpu_kernels.prefill_takes(query, key, value, attention_mask)):
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        return cpu_kernels.causal_attention(query, key, value, scale), None
+        return cpu_kernels.prefill_attention(query, key, value, attention_mask, scale), None
     return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                  is_causal=is_causal, **kwargs)
 
@@ -291,8 +304,8 @@ def blocked_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     """
     span = masked_span(attention_mask) if _takes(query, key, value, attention_mask, dropout, kwargs) else None
     if span is None:
-        return causal_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                is_causal=is_causal, **kwargs)
+        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                     is_causal=is_causal, **kwargs)
     lo, hi = span
     b, h, q, d = query.shape
     groups, keys = key.shape[1], key.shape[2]
@@ -446,13 +459,12 @@ class BlockedAttention(AttentionSwitch):
     function = staticmethod(blocked_attention)
 
 
-class CausalAttention(AttentionSwitch):
-    """Switches one model's attention to :func:`causal_attention` inside :meth:`routed` (the
-    engine's eager passes on a CPU where the blocked kernel lost its race and the causal
-    kernel is loaded; :func:`blocked_attention` sends its own maskless calls there too)."""
+class PrefillAttention(AttentionSwitch):
+    """Switches one model's attention to :func:`prefill_attention` inside :meth:`routed` (the
+    engine's eager passes, float32 models on a CPU where the prefill kernel is loaded)."""
 
-    name = "paralleldecode_causal"
-    function = staticmethod(causal_attention)
+    name = "paralleldecode_prefill"
+    function = staticmethod(prefill_attention)
 
 
 class SharedPastAttention(AttentionSwitch):
@@ -463,7 +475,7 @@ class SharedPastAttention(AttentionSwitch):
     function = staticmethod(shared_past_attention)
 
 
-__all__ = ["AttentionSwitch", "BLOCK_SCORES", "BlockedAttention", "CausalAttention", "DTYPES", "MIN_BF16_KEYS",
-           "MIN_QUERIES", "NAME", "SharedPastAttention", "available", "blocked_attention", "causal_attention",
-           "masked_span", "race", "reading_shared_past", "shared_past_attention", "shared_past_available",
-           "slower_here", "unswitchable"]
+__all__ = ["AttentionSwitch", "BLOCK_SCORES", "BlockedAttention", "DTYPES", "MIN_BF16_KEYS",
+           "MIN_QUERIES", "NAME", "PrefillAttention", "SharedPastAttention", "available", "blocked_attention",
+           "masked_span", "prefill_attention", "race", "reading_shared_past", "shared_past_attention",
+           "shared_past_available", "slower_here", "unswitchable"]

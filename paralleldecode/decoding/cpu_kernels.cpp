@@ -1,13 +1,14 @@
 // Attention kernels for an AVX-512 CPU, float32, built at run time by
 // paralleldecode/decoding/cpu_kernels.py (torch.utils.cpp_extension) and registered as the
-// operators paralleldecode_cpu::step_attention and paralleldecode_cpu::causal_attention.
+// operators paralleldecode_cpu::step_attention and paralleldecode_cpu::prefill_attention.
 //
 // step_attention: the decoding step's attention, a few queries per key/value head against a
 // long key/value buffer, with the engine's additive mask, in one pass over the keys
 // (flash-decoding: scores, online softmax and the value product per block of keys, the keys
 // split between threads and the parts merged by their maxima and sums).
-// causal_attention: a prefill's plain causal attention, the same per-tile loop over tiles of
-// consecutive queries, each reading the keys up to its last query.
+// prefill_attention: a prefill pass's attention, causal or under an additive mask, the same
+// per-tile loop over tiles of consecutive queries (a causal tile reads the keys up to its last
+// query; a masked one skips the blocks its mask hides).
 //
 // Layout. The queries of the heads that share key/value head g are the rows of one tile
 // (row r = p * Q + q for query head g * per + p and query q), held transposed and scaled,
@@ -22,6 +23,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 namespace {
 
@@ -73,7 +75,30 @@ struct Span {
   int64_t mask_q, mask_k;  // null: causal, query q of the tile at position first + q sees keys <= it
   int queries;         // Q: a tile row r is query r % Q
   int64_t first;       // causal only: the position of the tile's query 0
+  int valid;           // the queries that exist (a last tile's may be fewer than Q): masks read
 };
+
+// An additive mask's entry below this hides its key (the engine's masks hold the dtype's minimum).
+constexpr float kHidden = -1e30f;
+
+// Whether no query of the span sees any of keys [kb, kb + nk): the block adds nothing then and
+// is skipped (another branch's slots, padding, a buffer's unfilled tail).
+inline bool hidden_block(const Span& s, int64_t kb, int nk) {
+  for (int q = 0; q < s.valid; ++q) {
+    const float* mq = s.mask + q * s.mask_q + kb * s.mask_k;
+    if (s.mask_k == 1) {
+      for (int jj = 0; jj < nk; jj += 16) {
+        const __mmask16 live = nk - jj >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (nk - jj)) - 1);
+        const __m512 x = _mm512_maskz_loadu_ps(live, mq + jj);
+        if (_mm512_mask_cmp_ps_mask(live, x, _mm512_set1_ps(kHidden), _CMP_NLT_UQ)) return false;
+      }
+    } else {
+      for (int jj = 0; jj < nk; ++jj)
+        if (!(mq[jj * s.mask_k] < kHidden)) return false;
+    }
+  }
+  return true;
+}
 
 // Rows [r0, r0 + rows) of one tile of NV * 16 rows against keys [k0, k1). qt: (D, NV * 16)
 // scaled queries. Leaves the unnormalised output transposed in out (D, NV * 16), the running
@@ -88,6 +113,7 @@ void tile(const float* qt, const Span& s, int r0, int rows, int64_t k0, int64_t 
   std::fill(out, out + D * W, 0.f);
   for (int64_t kb = k0; kb < k1; kb += kBlock) {
     const int nk = static_cast<int>(std::min<int64_t>(kBlock, k1 - kb));
+    if (s.mask != nullptr && hidden_block(s, kb, nk)) continue;
     // scores st[j][r] = q_r . k_j, eight keys at a time
     int j = 0;
     for (; j + 8 <= nk; j += 8) {
@@ -129,7 +155,7 @@ void tile(const float* qt, const Span& s, int r0, int rows, int64_t k0, int64_t 
       }
     }
     // the mask, added only for the queries whose mask is not all zero over this block
-    for (int q = 0; s.mask != nullptr && q < s.queries; ++q) {
+    for (int q = 0; s.mask != nullptr && q < s.valid; ++q) {
       const float* mq = s.mask + q * s.mask_q + kb * s.mask_k;
       bool zero = true;
       if (s.mask_k == 1) {  // a contiguous mask row: 16 keys per compare
@@ -230,7 +256,7 @@ at::Tensor step_attention(const at::Tensor& query, const at::Tensor& key, const 
       const Span s{key.data_ptr<float>() + b * key.stride(0) + g * key.stride(1),
                    value.data_ptr<float>() + b * value.stride(0) + g * value.stride(1),
                    key.stride(2), value.stride(2), mask.data_ptr<float>() + b * mb, mask.stride(2), mask.stride(3),
-                   static_cast<int>(Q), 0};
+                   static_cast<int>(Q), 0, static_cast<int>(Q)};
       if (NV == 1)
         tile<1>(qt, s, r0, rows, k0, k1, static_cast<int>(D), part, part + D * W, part + D * W + W);
       else
@@ -258,34 +284,49 @@ at::Tensor step_attention(const at::Tensor& query, const at::Tensor& key, const 
         }
         const int64_t r = r0 + i, h = g * per + r / Q, q = r % Q;
         float* o = op + ((b * Q + q) * H + h) * D;
-        for (int64_t d = 0; d < D; ++d) o[d] = acc[d] / den;
+        for (int64_t d = 0; d < D; ++d) o[d] = den > 0.f ? acc[d] / den : 0.f;  // 0: a query that saw no key
       }
     }
   });
   return out;
 }
 
-// Causal attention of a prefill pass over keys it computed itself or that precede it: query i
-// (of Lq) is at position Lk - Lq + i and sees keys 0..its position. The queries of the heads
-// that share a key/value head go in tiles of T consecutive positions (T * per rows, at most 48);
-// a tile reads keys up to its last query only, so the causal half is skipped but for the
-// tile's own T x T corner. Tiles are handed out longest first, one at a time.
-at::Tensor causal_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, double scale) {
+// A prefill pass's attention, query i (of Lq) against keys 0..Lk-1. Without a mask it is
+// causal: query i is at position Lk - Lq + i and sees keys up to its position. With an additive
+// mask (B or 1, 1, Lq, Lk) it is the mask's: a block of keys the mask hides from every query of
+// a tile is skipped. The queries of the heads that share a key/value head go in tiles of T
+// consecutive positions (T * per rows, at most 48); a causal tile reads keys up to its last
+// query only, so the causal half is skipped but for the tile's own T x T corner. Tiles are
+// handed out longest first, one at a time. A query that sees no key gets zeros.
+at::Tensor prefill_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                             const std::optional<at::Tensor>& mask, double scale) {
   TORCH_CHECK(query.device().is_cpu() && key.device().is_cpu() && value.device().is_cpu(),
-              "causal_attention: CPU tensors only");
+              "prefill_attention: CPU tensors only");
   TORCH_CHECK(query.scalar_type() == at::kFloat && key.scalar_type() == at::kFloat && value.scalar_type() == at::kFloat,
-              "causal_attention: float32 tensors only");
+              "prefill_attention: float32 tensors only");
   TORCH_CHECK(query.dim() == 4 && key.dim() == 4 && value.dim() == 4,
-              "causal_attention: query (B, H, Lq, D), key and value (B, G, Lk, D)");
+              "prefill_attention: query (B, H, Lq, D), key and value (B, G, Lk, D)");
   const int64_t B = query.size(0), H = query.size(1), Lq = query.size(2), D = query.size(3);
   const int64_t G = key.size(1), Lk = key.size(2);
   TORCH_CHECK(key.size(0) == B && value.sizes() == key.sizes() && key.size(3) == D && G > 0 && H % G == 0,
-              "causal_attention: key and value must be (B, G, Lk, D) with H a multiple of G");
-  TORCH_CHECK(Lk >= Lq, "causal_attention: fewer keys than queries");
-  TORCH_CHECK(D % 16 == 0 && D <= kMaxHead, "causal_attention: head size must be a multiple of 16, at most 256");
-  TORCH_CHECK(key.stride(3) == 1 && value.stride(3) == 1, "causal_attention: key and value need unit stride in D");
+              "prefill_attention: key and value must be (B, G, Lk, D) with H a multiple of G");
+  TORCH_CHECK(Lk >= Lq || mask.has_value(), "prefill_attention: fewer keys than queries (causal)");
+  TORCH_CHECK(D % 16 == 0 && D <= kMaxHead, "prefill_attention: head size must be a multiple of 16, at most 256");
+  TORCH_CHECK(key.stride(3) == 1 && value.stride(3) == 1, "prefill_attention: key and value need unit stride in D");
+  const float* mp = nullptr;
+  int64_t mb = 0, mq = 0, mk = 0;
+  if (mask.has_value()) {
+    const at::Tensor& m = *mask;
+    TORCH_CHECK(m.device().is_cpu() && m.scalar_type() == at::kFloat, "prefill_attention: the mask must be float32 on the CPU");
+    TORCH_CHECK(m.dim() == 4 && m.size(1) == 1 && m.size(2) == Lq && m.size(3) == Lk && (m.size(0) == B || m.size(0) == 1),
+                "prefill_attention: mask must be (B, 1, Lq, Lk)");
+    mp = m.data_ptr<float>();
+    mb = m.size(0) == 1 ? 0 : m.stride(0);
+    mq = m.stride(2);
+    mk = m.stride(3);
+  }
   const int64_t per = H / G;
-  TORCH_CHECK(per <= 48, "causal_attention: at most 48 query heads per key/value head");
+  TORCH_CHECK(per <= 48, "prefill_attention: at most 48 query heads per key/value head");
   const int64_t T = 48 / per, R = per * T;
   const int NV = static_cast<int>((R + 15) / 16);
   const int64_t W = NV * 16, tiles = (Lq + T - 1) / T, items = B * G * tiles, offset = Lk - Lq;
@@ -299,7 +340,7 @@ at::Tensor causal_attention(const at::Tensor& query, const at::Tensor& key, cons
     alignas(64) float acc[kMaxHead * 48 + 2 * 48];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t w = 0; w < items; ++w) {
-      // longest first: the last tiles of every (b, g) read the most keys
+      // longest first: the last tiles of every (b, g) read the most keys (causal)
       const int64_t t = tiles - 1 - w / (B * G), g = (w % (B * G)) % G, b = (w % (B * G)) / G;
       const int64_t q0 = t * T, nq = std::min<int64_t>(T, Lq - q0);
       std::fill(qt, qt + D * W, 0.f);
@@ -311,8 +352,9 @@ at::Tensor causal_attention(const at::Tensor& query, const at::Tensor& key, cons
       }
       const Span s{key.data_ptr<float>() + b * key.stride(0) + g * key.stride(1),
                    value.data_ptr<float>() + b * value.stride(0) + g * value.stride(1),
-                   key.stride(2), value.stride(2), nullptr, 0, 0, static_cast<int>(T), offset + q0};
-      const int64_t k1 = offset + q0 + nq;
+                   key.stride(2), value.stride(2), mp ? mp + b * mb + q0 * mq : nullptr, mq, mk,
+                   static_cast<int>(T), offset + q0, static_cast<int>(nq)};
+      const int64_t k1 = mp ? Lk : offset + q0 + nq;
       if (NV == 1)
         tile<1>(qt, s, 0, static_cast<int>(R), 0, k1, static_cast<int>(D), acc, acc + D * W, acc + D * W + W);
       else if (NV == 2)
@@ -322,7 +364,7 @@ at::Tensor causal_attention(const at::Tensor& query, const at::Tensor& key, cons
       for (int64_t r = 0; r < R; ++r) {
         const int64_t h = g * per + r / T, q = q0 + r % T;
         if (q >= Lq) continue;
-        const float inv = 1.f / acc[D * W + W + r];
+        const float sum = acc[D * W + W + r], inv = sum > 0.f ? 1.f / sum : 0.f;
         float* o = op + ((b * Lq + q) * H + h) * D;
         for (int64_t d = 0; d < D; ++d) o[d] = acc[d * W + r] * inv;
       }
@@ -335,10 +377,10 @@ at::Tensor causal_attention(const at::Tensor& query, const at::Tensor& key, cons
 
 TORCH_LIBRARY(paralleldecode_cpu, m) {
   m.def("step_attention(Tensor query, Tensor key, Tensor value, Tensor mask, float scale) -> Tensor");
-  m.def("causal_attention(Tensor query, Tensor key, Tensor value, float scale) -> Tensor");
+  m.def("prefill_attention(Tensor query, Tensor key, Tensor value, Tensor? mask, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(paralleldecode_cpu, CPU, m) {
   m.impl("step_attention", &step_attention);
-  m.impl("causal_attention", &causal_attention);
+  m.impl("prefill_attention", &prefill_attention);
 }

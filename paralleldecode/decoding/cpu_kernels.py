@@ -13,13 +13,16 @@ the ``paralleldecode_cpu`` library:
   of 64 keys, the queries of a key/value head as the 16 or 32 lanes of AVX-512 registers, the
   next blocks prefetched, and the keys split between threads when there are fewer tiles than
   threads (the parts merged by their maxima and sums, as flash-decoding does).
-* ``causal_attention`` (:func:`causal_attention`): the eager passes' plain causal attention
-  (a prefill's shared prefix or lone prompt, which transformers hands to sdpa with no mask).
-  The same tile loop over tiles of consecutive queries: each tile of ``T`` positions of the
-  heads that share a key/value head (at most 48 rows, three registers wide) reads the keys up
-  to its last query only, so of the causal triangle only the tile's own ``T x T`` corner is
-  computed and masked, where torch's flash kernel computes whole 256 x 512 blocks across the
-  diagonal; tiles are handed to threads longest first.
+* ``prefill_attention`` (:func:`prefill_attention`): the eager passes' attention over many
+  queries (a prefill's shared prefix or lone prompt through transformers' maskless causal
+  path; branches, chunks over the cache and left-padded rows under the engine's mask). The
+  same tile loop over tiles of consecutive queries: each tile of ``T`` positions of the
+  heads that share a key/value head (at most 48 rows, three registers wide); a causal tile
+  reads the keys up to its last query only, so of the causal triangle only the tile's own
+  ``T x T`` corner is computed and masked (torch's flash kernel computes whole 256 x 512
+  blocks across the diagonal), and a masked tile skips every block of 64 keys its mask hides
+  from all its queries (other branches' slots, padding); tiles are handed to threads longest
+  first.
 
 Measured on the embedded model's shapes (30 layers of 9 query heads over 3 key/value heads of
 64, float32, 2 threads of an Intel Xeon with AMX). The step kernel against the eager grouped
@@ -27,9 +30,11 @@ matmuls (cold buffers): one row of ten branches over 4,800 keys 21.2 against 45.
 2,400 keys 10.9 against 24.3; one row of five branches over 400 keys 2.1 against 4.3; five
 rows of one query 9.3 against 9.3; eight rows of five branches 16.7 against 21.2. FlexAttention
 compiled for the same step measured 92.9 ms at 4,800 keys (see docs/results.md), so the field
-library is not the faster one here. The causal kernel against sdpa's flash kernel
-(``is_causal``), per layer: 4,800 tokens 102 against 123 ms (259 against 215 GFLOP/s),
-1,000 tokens 5.0 against 7.4.
+library is not the faster one here. The prefill kernel against sdpa's flash kernel, per
+layer: causal over 4,800 tokens 102 against 123 ms (259 against 215 GFLOP/s), over 1,000
+tokens 5.0 against 7.4; masked, ten 15-slot branches over a 4,850-token context 6.9 against
+9.1, a 512-query chunk over 4,800 keys 20.4 against 26.4, eight left-padded rows of 400 8.8
+against 15.5.
 
 Both are taken for float32 tensors on a CPU with AVX-512 (``torch.backends.cpu.
 get_cpu_capability()``) and a head size that is a multiple of 16 (at most 256); bfloat16 and
@@ -113,8 +118,8 @@ def _build() -> None:
         b, h, q, d = query.shape
         return query.new_empty((b, q, h, d))
 
-    @torch.library.register_fake("paralleldecode_cpu::causal_attention")
-    def _(query, key, value, scale):
+    @torch.library.register_fake("paralleldecode_cpu::prefill_attention")
+    def _(query, key, value, mask, scale):
         b, h, q, d = query.shape
         return query.new_empty((b, q, h, d))
 
@@ -183,30 +188,41 @@ def step_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     return torch.ops.paralleldecode_cpu.step_attention(query, key, value, mask, scale)
 
 
-# The causal kernel's tiles hold at most this many rows (query heads per key/value head x positions).
+# The prefill kernel's tiles hold at most this many rows (query heads per key/value head x positions).
 MAX_GROUP = 48
 
 
-def causal_takes(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
-    """Whether a maskless causal call goes to :func:`causal_attention`: as :func:`step_takes`
-    for the tensors, at least as many keys as queries, at most :data:`MAX_GROUP` query heads
-    per key/value head."""
+def prefill_takes(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  mask: torch.Tensor | None = None) -> bool:
+    """Whether a prefill pass's call goes to :func:`prefill_attention`: as :func:`step_takes`
+    for the tensors, at most :data:`MAX_GROUP` query heads per key/value head, and either no
+    mask and at least as many keys as queries (causal) or an additive float32
+    ``(B or 1, 1, Q, L)`` mask."""
     h, g = query.shape[1], key.shape[1]
-    return (_fits(query, key, value) and key.shape[2] >= query.shape[2] and g > 0 and h % g == 0
-            and h // g <= MAX_GROUP)
+    if not (_fits(query, key, value) and g > 0 and h % g == 0 and h // g <= MAX_GROUP):
+        return False
+    if mask is None:
+        return key.shape[2] >= query.shape[2]
+    return (mask.dtype == torch.float32 and mask.device.type == "cpu" and mask.dim() == 4 and mask.shape[1] == 1
+            and mask.shape[0] in (1, query.shape[0]) and tuple(mask.shape[2:]) == (query.shape[2], key.shape[2]))
 
 
-def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
-    """Causal attention with grouped key/value heads, in the causal kernel: query ``i`` is at
-    position ``L - Q + i`` and sees keys ``0 .. L - Q + i`` (for ``Q == L``, sdpa's
-    ``is_causal``).
+def prefill_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                      scale: float) -> torch.Tensor:
+    """A prefill pass's attention with grouped key/value heads, in the prefill kernel.
+
+    Without a mask it is causal: query ``i`` is at position ``L - Q + i`` and sees keys
+    ``0 .. L - Q + i`` (for ``Q == L``, sdpa's ``is_causal``). With one it is
+    ``softmax(q k^T * scale + mask) v``, the blocks of keys the mask hides from a whole tile of
+    queries skipped; a query whose mask hides every key gets zeros (sdpa: the mean of the values).
 
     Args:
         query: ``(B, H, Q, D)`` float32, any strides.
-        key, value: ``(B, G, L, D)`` float32, ``L >= Q``, ``H`` a multiple of ``G`` (at most
-            :data:`MAX_GROUP` times), unit stride in ``D``.
+        key, value: ``(B, G, L, D)`` float32, ``H`` a multiple of ``G`` (at most
+            :data:`MAX_GROUP` times), unit stride in ``D``; ``L >= Q`` without a mask.
+        mask: None, or ``(B or 1, 1, Q, L)`` additive float32 (entries below -1e30 hide).
 
     Returns:
         ``(B, Q, H, D)`` contiguous (transformers' attention output layout).
     """
-    return torch.ops.paralleldecode_cpu.causal_attention(query, key, value, scale)
+    return torch.ops.paralleldecode_cpu.prefill_attention(query, key, value, mask, scale)

@@ -21,8 +21,9 @@ single row whose leading slots form a plain causal sequence (a shared prefix, a 
 prompt) sends those through the model's own causal path, with no explicit mask at all.
 Where the steps compile, these eager passes run the model's linears on packed oneDNN
 weights (:mod:`~paralleldecode.decoding.packed`), its masked attention as blocked oneDNN
-matmuls where they win (:mod:`~paralleldecode.decoding.attention`) and its plain causal
-attention in the package's causal kernel (:mod:`~paralleldecode.decoding.cpu_kernels`).
+matmuls where they win (:mod:`~paralleldecode.decoding.attention`) or, for float32 models
+on an AVX-512 CPU, its attention in the package's prefill kernel
+(:mod:`~paralleldecode.decoding.cpu_kernels`).
 
 Streams of one call may have their own token budget and stop strings (one
 :class:`GenerationConfig` per stream), which is what lets several groups share a call.
@@ -42,7 +43,7 @@ import torch
 from paralleldecode.decoding import cpu_kernels
 from paralleldecode.decoding.attention import (
     BlockedAttention,
-    CausalAttention,
+    PrefillAttention,
     SharedPastAttention,
     reading_shared_past,
     shared_past_available,
@@ -252,9 +253,9 @@ class DecodingEngine:
             scores and masks stay ``rows x prefill_chunk x L`` instead of ``rows x L x L``.
         plain_chunk: most slots of the one prefill pass that needs no mask at all: a single
             row's plain causal start (a shared prefix, a lone prompt) over an empty cache,
-            which torch's causal kernel computes without keeping scores; what follows goes
-            in ``prefill_chunk`` passes. Smaller than ``prefill_chunk`` means
-            ``prefill_chunk``.
+            which a causal kernel (the package's prefill kernel or torch's) computes without
+            keeping scores; what follows goes in ``prefill_chunk`` passes. Smaller than
+            ``prefill_chunk`` means ``prefill_chunk``.
         compile: ``"auto"``, ``"on"`` or ``"off"``: whether decoding steps of 1D layouts
             run as one compiled graph (:mod:`~paralleldecode.decoding.compiled`, which says
             what ``auto`` picks); columnar layouts and a mixer always decode eagerly. The
@@ -297,24 +298,22 @@ class DecodingEngine:
             keep_freed_memory()
         # The same setting routes the eager passes' linears through packed oneDNN weights.
         self.packed = PackedLinears.for_model(model, prefill_chunk) if on and available(model) is None else None
-        # ... their masked attention through blocked oneDNN matmuls (float32 and bf16 sdpa
-        # models) where, raced against sdpa's kernel on this CPU, they are the faster, and
-        # their plain causal attention (float32) through the package's causal CPU kernel.
+        # ... and their attention through the package's prefill CPU kernel (float32 sdpa
+        # models), or else, where raced against sdpa's kernel on this CPU they are the faster,
+        # the masked calls through blocked oneDNN matmuls (float32 and bf16).
         self.attention = None
         if self.packed is not None:
             self.compile_note += "; eager passes (prefill) with packed oneDNN linears"
-            why = attention_available(model) or slower_here(model)
-            if why is None:
+            kernel = unswitchable(model, "the prefill kernel", (torch.float32,)) or cpu_kernels.load()
+            why = None if kernel is None else attention_available(model) or slower_here(model)
+            if kernel is None:
+                self.attention = PrefillAttention.for_model(model)
+                self.compile_note += " and attention in the fused CPU kernel"
+            elif why is None:
                 self.attention = BlockedAttention.for_model(model)
-                self.compile_note += " and blocked attention"
+                self.compile_note += f" and blocked attention; no prefill kernel ({kernel})"
             else:
-                self.compile_note += f"; masked attention left as it is ({why})"
-            causal = unswitchable(model, "the causal kernel", (torch.float32,)) or cpu_kernels.load()
-            if causal is None:
-                self.attention = self.attention or CausalAttention.for_model(model)
-                self.compile_note += "; causal attention in the fused CPU kernel"
-            else:
-                self.compile_note += f"; causal attention left with sdpa ({causal})"
+                self.compile_note += f"; masked attention left as it is ({why}); no prefill kernel ({kernel})"
         self.shared_attention = None
         if share_past and shared_past_available(model) is None:
             self.shared_attention = SharedPastAttention.for_model(model)

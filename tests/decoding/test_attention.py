@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from paralleldecode.decoding import DecodingEngine, GenerationConfig, attention, shared_prefix
+from paralleldecode.decoding import DecodingEngine, GenerationConfig, attention, cpu_kernels, shared_prefix
 from paralleldecode.decoding.attention import NAME, BlockedAttention, available, blocked_attention, masked_span
 from paralleldecode.decoding.columnar import columnar_layout
 from paralleldecode.decoding.layout import additive, prefill_mask
@@ -129,8 +129,12 @@ def test_the_span_is_found_once_per_mask_and_again_after_a_change():
 @pytest.fixture(autouse=True)
 def _forget_spans(monkeypatch):
     monkeypatch.setattr(attention, "_last_span", None)
-    # The engine tests here are about the kernel, whichever kernel wins on this CPU's race.
+    # The engine tests here are about the blocked kernel, whichever kernel wins on this CPU's
+    # race, and where the package's prefill kernel would take its float32 calls
+    # (tests/decoding/test_cpu_kernels.py runs the engine through that one).
     monkeypatch.setenv(attention.ENV, "on")
+    with cpu_kernels.suspended():
+        yield
 
 
 @pytest.fixture()

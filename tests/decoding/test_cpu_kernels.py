@@ -1,7 +1,7 @@
 """The package's fused CPU attention kernels: the step kernel is the grouped matmuls' outputs to
-float32 rounding on every shape a step hands it, the causal kernel sdpa's causal attention on
-every shape a prefill hands it, and the attention function that routes the eager passes'
-maskless calls to it sends it only those. That a compiled step and a prefill call them, and the
+float32 rounding on every shape a step hands it, the prefill kernel sdpa's attention on every
+causal and masked shape a prefill hands it, and the attention function that routes the eager
+passes' calls to it sends it only those. That a compiled step and a prefill call them, and the
 compiled engine's token-for-token parity with the eager one through them, are
 tests/decoding/test_compiled.py's."""
 
@@ -13,9 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from paralleldecode.decoding import cpu_kernels
-from paralleldecode.decoding.attention import causal_attention
+from paralleldecode.decoding import DecodingEngine, GenerationConfig, cpu_kernels, shared_prefix
+from paralleldecode.decoding.attention import MIN_QUERIES, prefill_attention
+from paralleldecode.decoding.columnar import columnar_layout
 from paralleldecode.decoding.layout import additive
+from paralleldecode.models.loading import load_causal_lm
+from paralleldecode.models.rope2d import install_rope2d
 
 
 @pytest.fixture(scope="module")
@@ -130,60 +133,121 @@ CAUSAL_SHAPES = [(1, 9, 3, 700, 700, 64), (2, 4, 4, 130, 130, 16), (1, 8, 4, 77,
 
 
 @pytest.mark.parametrize("shape", CAUSAL_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_the_causal_kernel_is_sdpa_to_float32_rounding(kernel, shape):
+def test_the_causal_prefill_kernel_is_sdpa_to_float32_rounding(kernel, shape):
     b, h, g, q, length, d = shape
     _, query, key, value = _inputs(shape)
     with torch.inference_mode():
-        ours = cpu_kernels.causal_attention(query, key, value, d ** -0.5)
+        ours = cpu_kernels.prefill_attention(query, key, value, None, d ** -0.5)
     assert ours.shape == (b, q, h, d) and ours.is_contiguous()
     torch.testing.assert_close(ours, _causal_sdpa(query, key, value, d ** -0.5), atol=5e-6, rtol=1e-5)
 
 
-def test_bad_causal_calls_name_what_the_kernel_takes(kernel):
+def _prefill_mask(kind: str, b: int, q: int, length: int) -> torch.Tensor:
+    """``(B, 1, Q, L)`` additive masks of the engine's prefill layouts: ``branches``, a
+    context every query sees then four branches that see their own slots causally (whole
+    blocks of other branches' slots hidden); ``chunk``, a chunk over a cache, causal over its
+    own columns; ``padded``, rows left-padded by different amounts, pads seeing themselves."""
+    if kind == "branches":
+        allowed = torch.zeros(q, length, dtype=torch.bool)
+        context, width = length - q, q // 4
+        allowed[:, :context] = True
+        for i in range(4):
+            a, z = i * width, q if i == 3 else (i + 1) * width
+            allowed[a:z, context + a:context + z] = torch.ones(z - a, z - a, dtype=torch.bool).tril()
+        allowed = allowed.expand(b, q, length)
+    elif kind == "chunk":
+        allowed = torch.ones(q, length, dtype=torch.bool).tril(length - q).expand(b, q, length)
+    else:
+        allowed = torch.ones(b, q, length, dtype=torch.bool).tril(length - q).clone()
+        for r in range(b):
+            pad = r * 37
+            allowed[r, :, :pad] = False
+            allowed[r, torch.arange(min(pad, q)), torch.arange(min(pad, q)) + length - q] = True
+    return additive(allowed, torch.float32)
+
+
+# (B, H, G, Q, L, D, mask): branches after a context (blocks of 64 keys hidden from whole
+# tiles), a chunk over a cache, left-padded rows, a mask shared by the rows, 48-row tiles.
+MASKED_SHAPES = [(1, 9, 3, 200, 700, 64, "branches"), (2, 9, 3, 130, 400, 64, "chunk"),
+                 (3, 8, 2, 150, 150, 16, "padded"), (1, 4, 1, 100, 300, 32, "branches")]
+
+
+@pytest.mark.parametrize("shape", MASKED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_the_masked_prefill_kernel_is_sdpa_to_float32_rounding(kernel, shape):
+    b, h, g, q, length, d, kind = shape
+    _, query, key, value = _inputs(shape[:6])
+    mask = _prefill_mask(kind, b, q, length)
+    shared = mask[:1] if kind != "padded" else mask
+    with torch.inference_mode():
+        ours = cpu_kernels.prefill_attention(query, key, value, shared, d ** -0.5)
+    ref = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=d ** -0.5, enable_gqa=True)
+    torch.testing.assert_close(ours, ref.transpose(1, 2), atol=5e-6, rtol=1e-5)
+
+
+def test_a_tile_that_sees_no_key_gets_zeros(kernel):
+    """The engine's masks let every query see at least itself; a tile whose mask hides every
+    key (here all queries) gets zeros, never NaN."""
+    _, query, key, value = _inputs((1, 4, 2, 20, 30, 16))
+    mask = torch.full((1, 1, 20, 30), torch.finfo(torch.float32).min)
+    with torch.inference_mode():
+        assert cpu_kernels.prefill_attention(query, key, value, mask, 0.25).eq(0).all()
+
+
+def test_bad_prefill_calls_name_what_the_kernel_takes(kernel):
     query = torch.randn(1, 4, 6, 16)
     key = value = torch.randn(1, 2, 6, 16)
+    mask = torch.zeros(1, 1, 6, 6)
     with pytest.raises(RuntimeError, match="float32"):
-        cpu_kernels.causal_attention(query.double(), key.double(), value.double(), 0.25)
+        cpu_kernels.prefill_attention(query.double(), key.double(), value.double(), None, 0.25)
     with pytest.raises(RuntimeError, match="fewer keys than queries"):
-        cpu_kernels.causal_attention(query, key[:, :, :5], value[:, :, :5], 0.25)
+        cpu_kernels.prefill_attention(query, key[:, :, :5], value[:, :, :5], None, 0.25)
     with pytest.raises(RuntimeError, match="at most 48 query heads per key/value head"):
-        cpu_kernels.causal_attention(torch.randn(1, 49, 6, 16), key[:, :1], value[:, :1], 0.25)
+        cpu_kernels.prefill_attention(torch.randn(1, 49, 6, 16), key[:, :1], value[:, :1], None, 0.25)
+    with pytest.raises(RuntimeError, match=r"mask must be \(B, 1, Lq, Lk\)"):
+        cpu_kernels.prefill_attention(query, key, value, mask[..., :5], 0.25)
     with torch.inference_mode():
-        assert cpu_kernels.causal_takes(query, key, value)
-        assert not cpu_kernels.causal_takes(query, key[:, :, :5], value[:, :, :5])
-        assert not cpu_kernels.causal_takes(query.bfloat16(), key.bfloat16(), value.bfloat16())
-        assert not cpu_kernels.causal_takes(torch.randn(1, 49, 6, 16), key[:, :1], value[:, :1])
+        assert cpu_kernels.prefill_takes(query, key, value) and cpu_kernels.prefill_takes(query, key, value, mask)
+        assert not cpu_kernels.prefill_takes(query, key[:, :, :5], value[:, :, :5])
+        assert not cpu_kernels.prefill_takes(query, key, value, mask.bool())
+        assert not cpu_kernels.prefill_takes(query, key, value, mask[..., :5])
+        assert not cpu_kernels.prefill_takes(query.bfloat16(), key.bfloat16(), value.bfloat16())
+        assert not cpu_kernels.prefill_takes(torch.randn(1, 49, 6, 16), key[:, :1], value[:, :1])
         # values of another head size than the keys' (as in latent attention): sdpa's
-        assert not cpu_kernels.causal_takes(query, key, torch.randn(1, 2, 6, 32))
+        assert not cpu_kernels.prefill_takes(query, key, torch.randn(1, 2, 6, 32))
 
 
-def test_the_eager_passes_send_only_plain_causal_calls_to_the_kernel(kernel):
-    """transformers calls the attention function with no mask for a plain causal pass; masked,
-    non-causal, soft-capped and sliding-window calls, and a lone query, stay with sdpa."""
+def test_the_eager_passes_send_the_kernel_only_what_it_takes(kernel):
+    """transformers calls the attention function with no mask for a plain causal pass and with
+    the engine's additive mask otherwise; both go to the kernel from MIN_QUERIES queries on
+    (the maskless one from two), and non-causal, soft-capped and sliding-window calls, bool
+    masks, a lone query, fewer masked queries and gradients stay with sdpa."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     gen = torch.Generator().manual_seed(3)
     module = types.SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
-    query = torch.randn(1, 20, 6, 16, generator=gen).transpose(1, 2)
-    key, value = (torch.randn(1, 2, 20, 16, generator=gen) for _ in range(2))
-    mask = additive(torch.rand(1, 20, 20, generator=gen) > 0.5, torch.float32)
-    mask[..., 0] = 0.0
+    q = MIN_QUERIES
+    query = torch.randn(1, q, 6, 16, generator=gen).transpose(1, 2)
+    key, value = (torch.randn(1, 2, q, 16, generator=gen) for _ in range(2))
+    allowed = (torch.rand(1, q, q, generator=gen) > 0.5) | torch.eye(q, dtype=torch.bool)
+    mask = additive(allowed, torch.float32)
 
     def kernel_calls(*args, **kwargs):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            out = causal_attention(module, *args, **kwargs)[0]
-        calls = sum(e.count for e in prof.key_averages() if e.key == "paralleldecode_cpu::causal_attention")
+            out = prefill_attention(module, *args, **kwargs)[0]
+        calls = sum(e.count for e in prof.key_averages() if e.key == "paralleldecode_cpu::prefill_attention")
         torch.testing.assert_close(out, sdpa_attention_forward(module, *args, **kwargs)[0], atol=5e-6, rtol=1e-5)
         return calls
 
     with torch.inference_mode():
         assert kernel_calls(query, key, value, None) == 1
-        assert kernel_calls(query, key, value, mask) == 0
+        assert kernel_calls(query, key, value, mask) == 1
         assert kernel_calls(query, key, value, None, is_causal=False) == 0
         with pytest.raises(ValueError, match="softcap"):  # sdpa's own answer to it
-            causal_attention(module, query, key, value, None, softcap=30.0)
+            prefill_attention(module, query, key, value, None, softcap=30.0)
         assert kernel_calls(query, key, value, None, sliding_window=8) == 0
+        assert kernel_calls(query, key, value, allowed[:, None]) == 0
         assert kernel_calls(query[:, :, -1:], key, value, None) == 0
+        assert kernel_calls(query[:, :, 1:], key, value, mask[:, :, 1:]) == 0
     assert kernel_calls(query, key, value, None) == 0  # gradients wanted
 
 
@@ -192,6 +256,49 @@ def test_suspended_kernels_take_nothing_until_the_block_ends(kernel):
     key = value = torch.randn(1, 2, 6, 16)
     with torch.inference_mode():
         with cpu_kernels.suspended():
-            assert not cpu_kernels.loaded() and not cpu_kernels.causal_takes(query, key, value)
+            assert not cpu_kernels.loaded() and not cpu_kernels.prefill_takes(query, key, value)
             assert cpu_kernels.load() == "suspended"
-        assert cpu_kernels.loaded() and cpu_kernels.causal_takes(query, key, value)
+        assert cpu_kernels.loaded() and cpu_kernels.prefill_takes(query, key, value)
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_models):
+    return load_causal_lm(str(tiny_models["llama"]), attn_implementation="sdpa")
+
+
+def _same_as_plain(model, tok, layout, cfg, **chunks):
+    """Tokens and logits of a compile-on engine's prefill against the plain engine's; returns
+    the prefill kernel's calls (the steps are not compiled: one new token, or columnar)."""
+    plain = DecodingEngine(model, tok, compile="off", **chunks).generate(layout, cfg)
+    engine = DecodingEngine(model, tok, compile="on", **chunks)
+    assert "and attention in the fused CPU kernel" in engine.compile_note
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        ours = engine.generate(layout, cfg)
+    assert [s.token_ids for s in ours.streams] == [s.token_ids for s in plain.streams]
+    for x, y in zip(plain.streams, ours.streams):
+        torch.testing.assert_close(y.logits, x.logits, atol=1e-4, rtol=1e-4)
+    return sum(e.count for e in prof.key_averages() if e.key == "paralleldecode_cpu::prefill_attention")
+
+
+def test_an_engine_prefill_through_the_kernel_gives_the_plain_tokens(kernel, llama):
+    """A shared prefix in chunks of 96 (the first through the causal path and the kernel, the
+    next over the cache under transformers' bool masks, sdpa's) and ten branches of 8 (one
+    pass of 80 queries under the engine's mask, the kernel's)."""
+    model, tok = llama
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randint(20, 400, (300,), generator=gen).tolist()
+    seqs = [base + torch.randint(20, 400, (8,), generator=gen).tolist() for _ in range(10)]
+    cfg = GenerationConfig(max_new_tokens=1, eos_token_ids=(), output_logits=True)
+    calls = _same_as_plain(model, tok, shared_prefix(seqs, 0), cfg, prefill_chunk=96, plain_chunk=96)
+    assert calls == model.config.num_hidden_layers * 2
+
+
+def test_a_columnar_prefill_through_the_kernel_gives_the_plain_tokens(kernel, tiny_models):
+    """Columnar layouts stay eager throughout: their column masks go through the kernel."""
+    model, tok = load_causal_lm(str(tiny_models["llama"]), attn_implementation="sdpa")
+    install_rope2d(model, [7, 8])
+    gen = torch.Generator().manual_seed(4)
+    bg = torch.randint(20, 400, (40,), generator=gen).tolist()
+    branches = [torch.randint(20, 400, (n,), generator=gen).tolist() for n in (30, 25, 20)]
+    cfg = GenerationConfig(max_new_tokens=6, eos_token_ids=(), output_logits=True)
+    assert _same_as_plain(model, tok, columnar_layout(bg, branches, 0, False), cfg) > 0
