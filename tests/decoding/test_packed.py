@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
-from paralleldecode.decoding import DecodingEngine, GenerationConfig, shared_prefix
-from paralleldecode.decoding.attention import ENV, BlockedAttention
+from paralleldecode.decoding import DecodingEngine, GenerationConfig, cpu_kernels, shared_prefix
+from paralleldecode.decoding.attention import ENV, BlockedAttention, PrefillAttention
 from paralleldecode.decoding.columnar import columnar_layout
 from paralleldecode.decoding.packed import PackedLinears, available
 from paralleldecode.models.loading import load_causal_lm
@@ -134,10 +134,16 @@ def test_engine_packs_and_switches_attention_where_it_compiles(monkeypatch, llam
     monkeypatch.setenv(ENV, "on")  # the race between the kernels is test_attention's
     off = DecodingEngine(model, tok, compile="off")
     assert off.packed is None and off.attention is None
-    on = DecodingEngine(model, tok, compile="on")
+    with cpu_kernels.suspended():  # where the package's prefill kernel would take its place
+        on = DecodingEngine(model, tok, compile="on")
     assert on.packed is PackedLinears.for_model(model)
     assert on.attention is BlockedAttention.for_model(model)
-    assert "packed oneDNN linears and blocked attention" in on.compile_note
+    assert "packed oneDNN linears and blocked attention; no prefill kernel (suspended)" in on.compile_note
+    if cpu_kernels.load() is None:
+        on = DecodingEngine(model, tok, compile="on")
+        assert on.packed is PackedLinears.for_model(model)
+        assert on.attention is PrefillAttention.for_model(model)
+        assert "packed oneDNN linears and attention in the fused CPU kernel" in on.compile_note
 
 
 @pytest.mark.parametrize("isolate", [False, True])
