@@ -31,7 +31,10 @@ cross-batch mixers stay eager. On the CPU a step computes its attention in
 buffer of a bf16 call for the step's few queries and, in float32, was slower than grouped
 matmuls at every step shape measured: a float32 step goes to the fused flash-decoding kernel
 of :mod:`~paralleldecode.decoding.cpu_kernels` where it builds (an AVX-512 CPU; the article
-step 64 against 87 ms), other dtypes to two grouped matmuls.
+step 64 against 87 ms), other dtypes to two grouped matmuls. Where that module builds, a
+float32 step's linears go to its few-row kernel too (:class:`StepLinears`: each weight read
+once per step, packed by freezing; paragraph steps 25-30 against 35-41 ms on the AMD EPYC),
+in place of inductor's oneDNN linears and their concatenation.
 
 On CUDA the compiled step is also captured as a CUDA graph at a call's second step and
 replayed for the rest of the call (:class:`StepGraph`): a step of a small model is otherwise
@@ -45,6 +48,7 @@ key/value heads, ``D`` head size, ``V`` vocabulary.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -56,6 +60,7 @@ import torch
 from paralleldecode.decoding import cpu_kernels
 from paralleldecode.decoding.attention import AttentionSwitch, unswitchable
 from paralleldecode.decoding.layout import PAD, visibility
+from paralleldecode.decoding.packed import Router
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +286,36 @@ class StepAttention(AttentionSwitch):
         return unswitchable(model, "the step's grouped attention", STEP_DTYPES) is None
 
 
+def _few_forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return cpu_kernels.few_linear(x, cpu_kernels.pack_linear(module.weight), module.bias, module.out_features)
+
+
+class StepLinears(Router):
+    """Routes a float32 model's plain ``nn.Linear`` modules (its output head too) to the
+    package's few-row kernel (:func:`~paralleldecode.decoding.cpu_kernels.few_linear`) while
+    its compiled CPU steps are traced and run. In the frozen graph ``pack_linear(weight)`` is a
+    constant, so inductor's freezing packs every weight once when it compiles the graph (in
+    place of its own oneDNN packing), and a step reads each weight once. The forwards are
+    made once and reused: dynamo guards on them."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.modules = [m for m in model.modules() if cpu_kernels.linear_takes(m)]
+        self._forwards = {id(m): functools.partial(_few_forward, m) for m in self.modules}
+        self._routed: list[torch.nn.Linear] = []
+
+    def _route(self) -> None:
+        for m in self.modules:
+            if "forward" not in m.__dict__:
+                m.forward = self._forwards[id(m)]
+                self._routed.append(m)
+
+    def _unroute(self) -> None:
+        for m in self._routed:
+            del m.forward
+        self._routed = []
+
+
 def step_width(rows: int, per_row: int) -> int:
     """The slots each row feeds per compiled step, for a call of ``rows`` rows whose fullest
     row holds ``per_row`` streams: ``per_row``, except that a lone row feeds at least 2.
@@ -424,9 +459,14 @@ class StepCompiler:
         self._seen: tuple | None = None
         # A float32 step's attention on the CPU runs in the fused kernel where it builds.
         self.kernel_note: str | None = None
-        if self._freeze and StepAttention.takes(model) and next(model.parameters()).dtype == torch.float32:
+        # So do its linears, in the few-row kernel (any float32 model on the CPU).
+        self._linears: StepLinears | None = None
+        fp32 = next(model.parameters()).dtype == torch.float32
+        if self._freeze and fp32 and cpu_kernels.load() is None:
+            self._linears = StepLinears.for_model(model)
+        if self._freeze and StepAttention.takes(model) and fp32:
             why = cpu_kernels.load()
-            self.kernel_note = ("step attention in the fused CPU kernel" if why is None
+            self.kernel_note = ("step attention and linears in the fused CPU kernels" if why is None
                                 else f"step attention as grouped matmuls ({why})")
 
     @classmethod
@@ -510,7 +550,8 @@ class StepCompiler:
         # value projections; its gate and up projections) into one packed matmul each.
         limit = max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
         with (torch._inductor.config.patch({"freezing": self._freeze, "cpp.enable_concat_linear": self._freeze}),
-              torch._dynamo.config.patch(recompile_limit=limit)):
+              torch._dynamo.config.patch(recompile_limit=limit),
+              self._linears.routed() if self._linears is not None else contextlib.nullcontext()):
             return self._compiled()(ids, positions, query_owner, key_owner, keys, values, at)
 
 

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <vector>
 
 namespace {
 
@@ -373,14 +374,112 @@ at::Tensor prefill_attention(const at::Tensor& query, const at::Tensor& key, con
   return out;
 }
 
+// few_linear: y (M, N) = x (M, K) w^T (+ bias) for the few rows of a decoding step, over the
+// weight packed by pack_linear into blocks of 16 outputs, (ceil(N / 16), K, 16), each block's
+// 16 weights of one input element contiguous. A row's input element is broadcast against the
+// weights of up to 64 outputs, so every weight is read once per call whatever M is and no sum
+// crosses lanes; up to six rows at a time, the next six reading the same blocks from the
+// cache. The threads split the output blocks.
+at::Tensor pack_linear(const at::Tensor& weight) {
+  TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 2,
+              "pack_linear: a float32 (N, K) CPU weight");
+  const int64_t N = weight.size(0), K = weight.size(1), blocks = (N + 15) / 16;
+  auto w = weight.contiguous();
+  if (blocks * 16 != N) w = at::constant_pad_nd(w, {0, 0, 0, blocks * 16 - N});
+  return w.view({blocks, 16, K}).transpose(1, 2).contiguous();
+}
+
+template <int MR, int NB>
+inline void linear_tile(const float* x, int64_t K, const float* w, float* y, int64_t N, int64_t n0,
+                        const float* bias) {
+  __m512 acc[NB][MR];
+  for (int b = 0; b < NB; ++b)
+    for (int m = 0; m < MR; ++m) acc[b][m] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 wv[NB];
+    for (int b = 0; b < NB; ++b) {
+      const float* wk = w + (b * K + k) * 16;
+      _mm_prefetch(reinterpret_cast<const char*>(wk + 32 * 16), _MM_HINT_T0);
+      wv[b] = _mm512_load_ps(wk);
+    }
+    for (int m = 0; m < MR; ++m) {
+      const __m512 xv = _mm512_set1_ps(x[m * K + k]);
+      for (int b = 0; b < NB; ++b) acc[b][m] = _mm512_fmadd_ps(wv[b], xv, acc[b][m]);
+    }
+  }
+  for (int b = 0; b < NB; ++b) {
+    const int64_t n = n0 + b * 16;
+    const __mmask16 live = N - n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (N - n)) - 1);
+    const __m512 bv = bias ? _mm512_maskz_loadu_ps(live, bias + n) : _mm512_setzero_ps();
+    for (int m = 0; m < MR; ++m) _mm512_mask_storeu_ps(y + m * N + n, live, _mm512_add_ps(acc[b][m], bv));
+  }
+}
+
+template <int MR>
+inline void linear_rows(const float* x, int64_t K, const float* wp, float* y, int64_t N, int64_t b0, int64_t b1,
+                        const float* bias) {
+  int64_t b = b0;
+  for (; b + 4 <= b1; b += 4) linear_tile<MR, 4>(x, K, wp + b * K * 16, y, N, b * 16, bias);
+  for (; b < b1; ++b) linear_tile<MR, 1>(x, K, wp + b * K * 16, y, N, b * 16, bias);
+}
+
+at::Tensor few_linear(const at::Tensor& input, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
+                      int64_t N) {
+  TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == at::kFloat && packed.scalar_type() == at::kFloat,
+              "few_linear: float32 CPU tensors only");
+  const int64_t K = input.size(-1), blocks = (N + 15) / 16;
+  TORCH_CHECK(packed.dim() == 3 && packed.size(0) == blocks && packed.size(1) == K && packed.size(2) == 16 &&
+              packed.is_contiguous(), "few_linear: the weight must come from pack_linear, (ceil(N / 16), K, 16)");
+  const float* bp = nullptr;
+  at::Tensor b;
+  if (bias.has_value()) {
+    b = bias->contiguous();
+    TORCH_CHECK(b.scalar_type() == at::kFloat && b.numel() == N, "few_linear: a float32 bias of N elements");
+    bp = b.data_ptr<float>();
+  }
+  const at::Tensor x = input.reshape({-1, K}).contiguous();
+  const int64_t M = x.size(0);
+  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
+  shape.back() = N;
+  auto y = at::empty(shape, input.options());
+  if (M == 0) return y;
+  const float* xp = x.data_ptr<float>();
+  const float* wp = packed.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t threads = at::get_num_threads();
+  at::parallel_for(0, blocks, (blocks + threads - 1) / threads, [&](int64_t b0, int64_t b1) {
+    // blocks of 4 x 16 outputs, each read by every group of up to six rows in turn
+    for (int64_t g0 = b0; g0 < b1; g0 += 4) {
+      const int64_t g1 = std::min(b1, g0 + 4);
+      for (int64_t m0 = 0; m0 < M; m0 += 6) {
+        const float* xm = xp + m0 * K;
+        float* ym = yp + m0 * N;
+        switch (std::min<int64_t>(6, M - m0)) {
+          case 1: linear_rows<1>(xm, K, wp, ym, N, g0, g1, bp); break;
+          case 2: linear_rows<2>(xm, K, wp, ym, N, g0, g1, bp); break;
+          case 3: linear_rows<3>(xm, K, wp, ym, N, g0, g1, bp); break;
+          case 4: linear_rows<4>(xm, K, wp, ym, N, g0, g1, bp); break;
+          case 5: linear_rows<5>(xm, K, wp, ym, N, g0, g1, bp); break;
+          default: linear_rows<6>(xm, K, wp, ym, N, g0, g1, bp); break;
+        }
+      }
+    }
+  });
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(paralleldecode_cpu, m) {
   m.def("step_attention(Tensor query, Tensor key, Tensor value, Tensor mask, float scale) -> Tensor");
   m.def("prefill_attention(Tensor query, Tensor key, Tensor value, Tensor? mask, float scale) -> Tensor");
+  m.def("pack_linear(Tensor weight) -> Tensor");
+  m.def("few_linear(Tensor input, Tensor packed, Tensor? bias, int out_features) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(paralleldecode_cpu, CPU, m) {
   m.impl("step_attention", &step_attention);
   m.impl("prefill_attention", &prefill_attention);
+  m.impl("pack_linear", &pack_linear);
+  m.impl("few_linear", &few_linear);
 }

@@ -195,7 +195,7 @@ def test_a_compiled_cpu_engine_runs_its_attention_in_the_fused_kernels(engines):
     if why is not None:
         assert f"step attention as grouped matmuls ({why})" in compiled.compile_note
         pytest.skip(f"the step kernel is not available here: {why}")
-    assert "step attention in the fused CPU kernel" in compiled.compile_note
+    assert "step attention and linears in the fused CPU kernels" in compiled.compile_note
     ids = _prompts(compiled.tokenizer, 2)
     greedy = GenerationConfig(max_new_tokens=5, eos_token_ids=())
     compiled.generate(shared_prefix(ids, compiled.pad_id), greedy)  # compiled before the count
@@ -204,9 +204,12 @@ def test_a_compiled_cpu_engine_runs_its_attention_in_the_fused_kernels(engines):
     calls = {e.key: e.count for e in prof.key_averages() if e.key.startswith("paralleldecode_cpu::")}
     layers = compiled.model.config.num_hidden_layers
     # every layer of 4 steps, and of the shared prefix's plain causal pass in the prefill (the
-    # branches' pass has fewer than MIN_QUERIES queries: sdpa's)
+    # branches' pass has fewer than MIN_QUERIES queries: sdpa's); the steps' seven linears per
+    # layer and the head in the few-row kernel, their weights packed when the graph froze
+    # (no pack_linear call at run time)
     assert run.compiled and calls == {"paralleldecode_cpu::step_attention": layers * 4,
-                                      "paralleldecode_cpu::prefill_attention": layers}
+                                      "paralleldecode_cpu::prefill_attention": layers,
+                                      "paralleldecode_cpu::few_linear": (7 * layers + 1) * 4}
     assert "and attention in the fused CPU kernel" in compiled.compile_note
     plain = eager.generate(shared_prefix(ids, eager.pad_id), greedy)
     assert [s.token_ids for s in run.streams] == [s.token_ids for s in plain.streams]

@@ -1,7 +1,8 @@
-"""The package's fused CPU attention kernels: the step kernel is the grouped matmuls' outputs to
+"""The package's fused CPU kernels: the step kernel is the grouped matmuls' outputs to
 float32 rounding on every shape a step hands it, the prefill kernel sdpa's attention on every
-causal and masked shape a prefill hands it, and the attention function that routes the eager
-passes' calls to it sends it only those. That a compiled step and a prefill call them, and the
+causal and masked shape a prefill hands it, the attention function that routes the eager
+passes' calls to it sends it only those, and the few-row linear kernel is the linear's
+outputs to float32 rounding. That a compiled step and a prefill call them, and the
 compiled engine's token-for-token parity with the eager one through them, are
 tests/decoding/test_compiled.py's."""
 
@@ -259,6 +260,44 @@ def test_suspended_kernels_take_nothing_until_the_block_ends(kernel):
             assert not cpu_kernels.loaded() and not cpu_kernels.prefill_takes(query, key, value)
             assert cpu_kernels.load() == "suspended"
         assert cpu_kernels.loaded() and cpu_kernels.prefill_takes(query, key, value)
+
+
+# (rows M, inputs K, outputs N): one row, six (one full group of rows), seven and thirteen
+# (a remainder group), forty (a packed step); outputs that are no multiple of 16 or of 64.
+LINEAR_SHAPES = [(1, 576, 576), (6, 576, 192), (7, 1536, 576), (13, 64, 1000), (40, 96, 130), (2, 48, 17)]
+
+
+@pytest.mark.parametrize("shape", LINEAR_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_the_linear_kernel_is_the_linear_to_float32_rounding(kernel, shape):
+    m, k, n = shape
+    gen = torch.Generator().manual_seed(sum(shape))
+    x, weight, bias = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
+    packed = cpu_kernels.pack_linear(weight)
+    assert packed.shape == ((n + 15) // 16, k, 16)
+    for b in (None, bias):
+        ours = cpu_kernels.few_linear(x, packed, b, n)
+        exact = F.linear(x.double(), weight.double(), None if b is None else b.double()).float()
+        torch.testing.assert_close(ours, exact, atol=2e-5 * k ** 0.5, rtol=1e-5)
+    # leading dimensions are kept: (B, Q, K) -> (B, Q, N)
+    batched = x[: m - m % 2].view(-1, 2, k) if m > 1 else x.view(1, 1, k)
+    assert cpu_kernels.few_linear(batched, packed, None, n).shape == (*batched.shape[:2], n)
+
+
+def test_bad_linear_calls_name_what_the_kernel_takes(kernel):
+    weight = torch.randn(20, 32)
+    packed = cpu_kernels.pack_linear(weight)
+    with pytest.raises(RuntimeError, match="pack_linear"):
+        cpu_kernels.few_linear(torch.randn(3, 32), weight, None, 20)
+    with pytest.raises(RuntimeError, match="pack_linear"):
+        cpu_kernels.few_linear(torch.randn(3, 16), packed, None, 20)
+    with pytest.raises(RuntimeError, match="N elements"):
+        cpu_kernels.few_linear(torch.randn(3, 32), packed, torch.randn(19), 20)
+    with pytest.raises(RuntimeError, match="float32"):
+        cpu_kernels.few_linear(torch.randn(3, 32).double(), packed, None, 20)
+    # only plain float32 linears on the CPU are routed to it
+    assert cpu_kernels.linear_takes(torch.nn.Linear(4, 4))
+    assert not cpu_kernels.linear_takes(torch.nn.Linear(4, 4).bfloat16())
+    assert not cpu_kernels.linear_takes(torch.nn.Conv1d(4, 4, 1))
 
 
 @pytest.fixture(scope="module")
