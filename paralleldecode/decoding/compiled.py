@@ -439,8 +439,8 @@ class StepCompiler:
         compile_seconds: time spent in calls that compiled a new graph (compile plus that
             one step), summed.
         fallback: why compiling was given up, or None.
-        kernel_note: on the CPU, whether a float32 step's attention runs in the fused kernel
-            (:mod:`~paralleldecode.decoding.cpu_kernels`) or why not; None elsewhere.
+        kernel_note: on the CPU, whether a float32 step's attention and linears run in the
+            fused kernels (:mod:`~paralleldecode.decoding.cpu_kernels`) or why not; None elsewhere.
     """
 
     _shared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -464,10 +464,13 @@ class StepCompiler:
         fp32 = next(model.parameters()).dtype == torch.float32
         if self._freeze and fp32 and cpu_kernels.load() is None:
             self._linears = StepLinears.for_model(model)
-        if self._freeze and StepAttention.takes(model) and fp32:
-            why = cpu_kernels.load()
-            self.kernel_note = ("step attention and linears in the fused CPU kernels" if why is None
-                                else f"step attention as grouped matmuls ({why})")
+        if self._freeze and fp32:
+            why, attention = cpu_kernels.load(), StepAttention.takes(model)
+            if why is None:
+                self.kernel_note = ("step attention and linears in the fused CPU kernels" if attention
+                                    else "step linears in the fused CPU kernel")
+            elif attention:
+                self.kernel_note = f"step attention as grouped matmuls ({why})"
 
     @classmethod
     def for_model(cls, model) -> StepCompiler:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from paralleldecode.decoding import DecodingEngine, GenerationConfig, cpu_kernels, shared_prefix
 from paralleldecode.decoding.attention import MIN_QUERIES, prefill_attention
 from paralleldecode.decoding.columnar import columnar_layout
+from paralleldecode.decoding.compiled import StepCompiler
 from paralleldecode.decoding.layout import additive
 from paralleldecode.models.loading import load_causal_lm
 from paralleldecode.models.rope2d import install_rope2d
@@ -341,3 +342,14 @@ def test_a_columnar_prefill_through_the_kernel_gives_the_plain_tokens(kernel, ti
     branches = [torch.randint(20, 400, (n,), generator=gen).tolist() for n in (30, 25, 20)]
     cfg = GenerationConfig(max_new_tokens=6, eos_token_ids=(), output_logits=True)
     assert _same_as_plain(model, tok, columnar_layout(bg, branches, 0, False), cfg) > 0
+
+
+def test_the_compiled_steps_note_names_the_kernels_they_take(kernel, tiny_models):
+    """sdpa models take the step's attention and linears kernels; a model with transformers'
+    eager attention keeps it, and its linears still go to the kernel."""
+    for implementation, note in [("sdpa", "step attention and linears in the fused CPU kernels"),
+                                 ("eager", "step linears in the fused CPU kernel")]:
+        model, _ = load_causal_lm(str(tiny_models["llama"]), attn_implementation=implementation)
+        compiler = StepCompiler(model)
+        assert compiler.kernel_note == note
+        assert len(compiler._linears.modules) == 7 * model.config.num_hidden_layers + 1
