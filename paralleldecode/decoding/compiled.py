@@ -60,7 +60,7 @@ import torch
 from paralleldecode.decoding import cpu_kernels
 from paralleldecode.decoding.attention import AttentionSwitch, unswitchable
 from paralleldecode.decoding.layout import PAD, visibility
-from paralleldecode.decoding.packed import Router
+from paralleldecode.decoding.packed import ModuleRouter
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def _few_forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return cpu_kernels.few_linear(x, cpu_kernels.pack_linear(module.weight), module.bias, module.out_features)
 
 
-class StepLinears(Router):
+class StepLinears(ModuleRouter):
     """Routes a float32 model's plain ``nn.Linear`` modules (its output head too) to the
     package's few-row kernel (:func:`~paralleldecode.decoding.cpu_kernels.few_linear`) while
     its compiled CPU steps are traced and run. In the frozen graph ``pack_linear(weight)`` is a
@@ -302,18 +302,12 @@ class StepLinears(Router):
         super().__init__()
         self.modules = [m for m in model.modules() if cpu_kernels.linear_takes(m)]
         self._forwards = {id(m): functools.partial(_few_forward, m) for m in self.modules}
-        self._routed: list[torch.nn.Linear] = []
+
+    def forward_of(self, module: torch.nn.Linear):
+        return self._forwards[id(module)]
 
     def _route(self) -> None:
-        for m in self.modules:
-            if "forward" not in m.__dict__:
-                m.forward = self._forwards[id(m)]
-                self._routed.append(m)
-
-    def _unroute(self) -> None:
-        for m in self._routed:
-            del m.forward
-        self._routed = []
+        self._patch(self.modules)
 
 
 def step_width(rows: int, per_row: int) -> int:
@@ -457,16 +451,14 @@ class StepCompiler:
         self.graph_fallback: str | None = None
         self._graph: StepGraph | None = None
         self._seen: tuple | None = None
-        # A float32 step's attention on the CPU runs in the fused kernel where it builds.
+        # A float32 step on the CPU runs its linears (any model) and its attention (an sdpa
+        # model) in the fused kernels where they build.
         self.kernel_note: str | None = None
-        # So do its linears, in the few-row kernel (any float32 model on the CPU).
         self._linears: StepLinears | None = None
-        fp32 = next(model.parameters()).dtype == torch.float32
-        if self._freeze and fp32 and cpu_kernels.load() is None:
-            self._linears = StepLinears.for_model(model)
-        if self._freeze and fp32:
+        if self._freeze and next(model.parameters()).dtype == torch.float32:
             why, attention = cpu_kernels.load(), StepAttention.takes(model)
             if why is None:
+                self._linears = StepLinears.for_model(model)
                 self.kernel_note = ("step attention and linears in the fused CPU kernels" if attention
                                     else "step linears in the fused CPU kernel")
             elif attention:

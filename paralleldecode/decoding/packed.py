@@ -95,7 +95,31 @@ class Router:
                     self._unroute()
 
 
-class PackedLinears(Router):
+class ModuleRouter(Router):
+    """A :class:`Router` that gives modules another ``forward`` while routed:
+    :meth:`forward_of` each, set on the instance; a module whose ``forward`` someone else
+    already replaced keeps it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._routed: list[torch.nn.Module] = []
+
+    def forward_of(self, module: torch.nn.Module):
+        raise NotImplementedError
+
+    def _patch(self, modules) -> None:
+        for m in modules:
+            if "forward" not in m.__dict__:
+                m.forward = self.forward_of(m)
+                self._routed.append(m)
+
+    def _unroute(self) -> None:
+        for m in self._routed:
+            del m.forward
+        self._routed = []
+
+
+class PackedLinears(ModuleRouter):
     """Packed weights for one model's linear layers, and a context that routes them there.
 
     One object per model (:meth:`for_model`), shared by every engine over it; the context
@@ -114,7 +138,6 @@ class PackedLinears(Router):
         super().__init__()
         self.rows_hint = rows_hint
         self._packed: dict[int, tuple[tuple, torch.Tensor]] = {}
-        self._routed: list[torch.nn.Linear] = []
         self.failed: str | None = None
 
     def weight(self, module: torch.nn.Linear) -> torch.Tensor:
@@ -149,17 +172,11 @@ class PackedLinears(Router):
             except (RuntimeError, NotImplementedError) as err:
                 self.failed = f"{type(err).__name__}: {str(err).splitlines()[0]}"
                 log.warning("packed linears: keeping the modules' own matmuls (%s)", self.failed)
-        if self.failed is not None:
-            return
-        for m in self.modules:
-            if "forward" not in m.__dict__:
-                m.forward = functools.partial(self._forward, m)
-                self._routed.append(m)
+        if self.failed is None:
+            self._patch(self.modules)
 
-    def _unroute(self) -> None:
-        for m in self._routed:
-            del m.forward
-        self._routed = []
+    def forward_of(self, module: torch.nn.Linear):
+        return functools.partial(self._forward, module)
 
 
-__all__ = ["PACKED_DTYPES", "PackedLinears", "Router", "available"]
+__all__ = ["PACKED_DTYPES", "ModuleRouter", "PackedLinears", "Router", "available"]
