@@ -171,6 +171,52 @@ def test_finished_streams_narrow_the_compiled_step_without_compiling(engines):
     assert rows.step_tokens == fed < 5 * 11
 
 
+def _count_guarded_calls(monkeypatch, step: StepCompiler) -> list[tuple]:
+    """The step shapes of ``step``'s calls that evaluate dynamo's guards, as they happen."""
+    calls: list[tuple] = []
+    real = step._guarded_call
+
+    def counted(*args):
+        calls.append(tuple(args[0].shape))
+        return real(*args)
+
+    monkeypatch.setattr(step, "_guarded_call", counted)
+    return calls
+
+
+def test_a_calls_later_steps_skip_the_guards(engines, monkeypatch):
+    """Only a call's first step evaluates dynamo's guards: the later ones feed the same
+    buffers and shapes, and give the eager engine's tokens."""
+    eager, compiled = engines["llama"]
+    compiled.warm_up()
+    calls = _count_guarded_calls(monkeypatch, StepCompiler.for_model(compiled.model))
+    ids = _prompts(compiled.tokenizer, 3)
+    greedy = GenerationConfig(max_new_tokens=6, eos_token_ids=())
+    for _ in range(2):  # a second call has buffers of its own: its first step is guarded again
+        run = _same(eager, compiled, lambda: shared_prefix(ids, compiled.pad_id), greedy)[1]
+        assert run.forward_passes - run.prefill_passes == 5
+    assert calls == [(1, 3), (1, 3)]
+
+
+@pytest.mark.slow
+def test_a_skip_that_needs_a_new_graph_takes_the_guards(tiny_models, monkeypatch):
+    """Were a step's inputs taken to match the last guarded call's while it needs a graph
+    not compiled yet (here every call is made to look alike), dynamo refuses the skip and the
+    step is taken with the guards, compiling the graph: the eager engine's tokens."""
+    model, tok = load_causal_lm(str(tiny_models["llama"]), attn_implementation="sdpa")
+    eager, compiled = DecodingEngine(model, tok, compile="off"), DecodingEngine(model, tok, compile="on")
+    step = StepCompiler.for_model(model)
+    monkeypatch.setattr(StepCompiler, "_inputs", staticmethod(lambda *args: ()))
+    ids = _prompts(tok, 3)
+    greedy = GenerationConfig(max_new_tokens=4, eos_token_ids=())
+    _same(eager, compiled, lambda: shared_prefix(ids, compiled.pad_id), greedy)
+    calls = _count_guarded_calls(monkeypatch, step)
+    rows = _same(eager, compiled, lambda: independent_rows(ids, compiled.pad_id), greedy)[1]
+    # the first step's skip refused, then compiled with the guards; the second guarded again
+    # (a call that compiled is not one whose guards passed), the later ones skipped
+    assert calls == [(3, 1), (3, 1)] and rows.compile_seconds > 0
+
+
 def test_the_warm_up_leaves_the_packed_graph_to_packed_runs(engines, monkeypatch):
     """An unpacked run warms one row and rows of one stream; packed=True adds rows of
     several streams (stacked branch layouts), the one graph only packing uses."""
