@@ -14,7 +14,9 @@
 // (row r = p * Q + q for query head g * per + p and query q), held transposed and scaled,
 // qt[d][row], so that a key's element is broadcast against 16, 32 or 48 rows at once; the
 // block's scores are kept transposed too, st[key][row], so the softmax runs across rows in
-// registers and the value product broadcasts a value's element against the same rows.
+// registers and the value product broadcasts a value's element against the same rows. A step
+// tile of at most 8 rows (rows of one query: three heads fill 3 of 16 lanes) goes one row at
+// a time instead (narrow_tile), the lanes running over keys and then over the head.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -33,6 +35,7 @@ namespace {
 constexpr int kBlock = 64;      // keys per block
 constexpr int kAhead = 2;       // blocks prefetched ahead
 constexpr int kMaxHead = 256;   // largest head size taken
+constexpr int kNarrow = 8;      // most rows of a step tile taken one at a time (narrow_tile)
 
 // Where the data ahead is prefetched to (the attention's next key/value blocks, the linear's
 // next weights). A tile's own block (16 KiB of keys and 16 of values at a head size of 64)
@@ -227,6 +230,97 @@ void tile(const float* qt, const Span& s, int r0, int rows, int64_t k0, int64_t 
   }
 }
 
+// Lane j of the result: the sum of a[j]'s 16 lanes (a transposing reduction: pairs, then
+// pairs of pairs within each 128-bit lane, then across the four 128-bit lanes).
+inline __m512 sum16(const __m512 (&a)[16]) {
+  __m512 b[8], c[4];
+  for (int i = 0; i < 8; ++i)
+    b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {
+    const __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
+    c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  const __m512 e0 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 e1 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(e0, e1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Tile rows too few to fill a register's lanes in tile() (five rows of one query over three
+// query heads per key/value head fill 3 of 16): one row at a time against blocks of 16 keys,
+// the lanes running over the keys for the scores (each key's product with the query summed
+// across the head by sum16) and over the head for the value product. q: (rows, DV * 16)
+// scaled queries, tile row r being query r % s.queries. Leaves the same part as tile(): the
+// unnormalised output transposed in out (DV * 16, W), each row's maximum and sum in max_out
+// and sum_out. Step tiles only (a mask is given).
+template <int DV>
+void narrow_tile(const float* q, const Span& s, int rows, int64_t k0, int64_t k1, int W,
+                 float* out, float* max_out, float* sum_out) {
+  constexpr int D = DV * 16, KB = 16;
+  alignas(64) float o[kNarrow][D];
+  alignas(64) float pj[KB];
+  float m[kNarrow], l[kNarrow];
+  for (int r = 0; r < rows; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+    std::fill(o[r], o[r] + D, 0.f);
+  }
+  for (int64_t kb = k0; kb < k1; kb += KB) {
+    const int nk = static_cast<int>(std::min<int64_t>(KB, k1 - kb));
+    if (hidden_block(s, kb, nk)) continue;
+    for (int64_t j = kb + 2 * KB; j < std::min(k1, kb + 3 * KB); ++j)
+      for (int c = 0; c < D; c += 16) {
+        prefetch_ahead(s.key + j * s.key_stride + c);
+        prefetch_ahead(s.value + j * s.value_stride + c);
+      }
+    const __mmask16 live = nk == KB ? 0xFFFF : static_cast<__mmask16>((1u << nk) - 1);
+    for (int r = 0; r < rows; ++r) {
+      __m512 qv[DV], a[KB];
+      for (int c = 0; c < DV; ++c) qv[c] = _mm512_load_ps(q + r * D + c * 16);
+#pragma GCC unroll 16
+      for (int j = 0; j < KB; ++j) {
+        a[j] = _mm512_setzero_ps();
+        if (j < nk) {
+          const float* kp = s.key + (kb + j) * s.key_stride;
+          for (int c = 0; c < DV; ++c) a[j] = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kp + c * 16), a[j]);
+        }
+      }
+      const float* mq = s.mask + (r % s.queries) * s.mask_q + kb * s.mask_k;
+      __m512 mv;
+      if (s.mask_k == 1) {
+        mv = _mm512_maskz_loadu_ps(live, mq);
+      } else {
+        for (int j = 0; j < KB; ++j) pj[j] = j < nk ? mq[j * s.mask_k] : 0.f;
+        mv = _mm512_load_ps(pj);
+      }
+      // keys past the span's end score -inf: weight 0
+      const __m512 sc = _mm512_mask_blend_ps(live, _mm512_set1_ps(-INFINITY), _mm512_add_ps(sum16(a), mv));
+      const float top = std::max(m[r], _mm512_reduce_max_ps(sc)), gap = m[r] - top;
+      const float alpha = gap < -87.f || m[r] == -INFINITY ? 0.f : std::exp(gap);  // no denormals
+      m[r] = top;
+      const __m512 p = exp16(_mm512_sub_ps(sc, _mm512_set1_ps(top)));
+      l[r] = l[r] * alpha + _mm512_reduce_add_ps(p);
+      _mm512_store_ps(pj, p);
+      __m512 acc[DV];
+      const __m512 scale_old = _mm512_set1_ps(alpha);
+      for (int c = 0; c < DV; ++c) acc[c] = _mm512_mul_ps(_mm512_load_ps(o[r] + c * 16), scale_old);
+      for (int j = 0; j < nk; ++j) {
+        const __m512 w = _mm512_set1_ps(pj[j]);
+        const float* vp = s.value + (kb + j) * s.value_stride;
+        for (int c = 0; c < DV; ++c) acc[c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vp + c * 16), acc[c]);
+      }
+      for (int c = 0; c < DV; ++c) _mm512_store_ps(o[r] + c * 16, acc[c]);
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+    for (int d = 0; d < D; ++d) out[d * W + r] = o[r][d];
+    max_out[r] = m[r];
+    sum_out[r] = l[r];
+  }
+}
+
 at::Tensor step_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                           const at::Tensor& mask, double scale) {
   TORCH_CHECK(query.device().is_cpu() && key.device().is_cpu() && value.device().is_cpu() && mask.device().is_cpu(),
@@ -257,16 +351,25 @@ at::Tensor step_attention(const at::Tensor& query, const at::Tensor& key, const 
   const float* qp = query.data_ptr<float>();
   float* pp = parts.data_ptr<float>();
   const int64_t mb = mask.size(0) == 1 ? 0 : mask.stride(0);
+  // Rows too few for the lanes go one at a time where the head size has a narrow_tile.
+  const int narrow = R <= kNarrow && (D == 64 || D == 128) ? static_cast<int>(D / 16) : 0;
   at::parallel_for(0, items * splits, 1, [&](int64_t first, int64_t last) {
     alignas(64) float qt[kMaxHead * 32];
+    alignas(64) float qr[kNarrow * kMaxHead];
     for (int64_t w = first; w < last; ++w) {
       const int64_t sp = w % splits, t = (w / splits) % tiles, g = (w / splits / tiles) % G, b = w / splits / tiles / G;
       const int r0 = static_cast<int>(t * W), rows = static_cast<int>(std::min<int64_t>(W, R - r0));
-      std::fill(qt, qt + D * W, 0.f);
+      if (narrow == 0) std::fill(qt, qt + D * W, 0.f);
       for (int i = 0; i < rows; ++i) {
         const int64_t r = r0 + i, h = g * per + r / Q, q = r % Q;
         const float* src = qp + b * query.stride(0) + h * query.stride(1) + q * query.stride(2);
-        for (int64_t d = 0; d < D; ++d) qt[d * W + i] = src[d * query.stride(3)] * static_cast<float>(scale);
+        for (int64_t d = 0; d < D; ++d) {
+          const float x = src[d * query.stride(3)] * static_cast<float>(scale);
+          if (narrow == 0)
+            qt[d * W + i] = x;
+          else
+            qr[i * D + d] = x;
+        }
       }
       float* part = pp + w * part_size;
       const int64_t k0 = sp * span, k1 = std::min(L, k0 + span);
@@ -279,7 +382,11 @@ at::Tensor step_attention(const at::Tensor& query, const at::Tensor& key, const 
                    value.data_ptr<float>() + b * value.stride(0) + g * value.stride(1),
                    key.stride(2), value.stride(2), mask.data_ptr<float>() + b * mb, mask.stride(2), mask.stride(3),
                    static_cast<int>(Q), 0, static_cast<int>(Q)};
-      if (NV == 1)
+      if (narrow == 4)
+        narrow_tile<4>(qr, s, rows, k0, k1, static_cast<int>(W), part, part + D * W, part + D * W + W);
+      else if (narrow == 8)
+        narrow_tile<8>(qr, s, rows, k0, k1, static_cast<int>(W), part, part + D * W, part + D * W + W);
+      else if (NV == 1)
         tile<1>(qt, s, r0, rows, k0, k1, static_cast<int>(D), part, part + D * W, part + D * W + W);
       else
         tile<2>(qt, s, r0, rows, k0, k1, static_cast<int>(D), part, part + D * W, part + D * W + W);

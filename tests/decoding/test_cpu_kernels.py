@@ -72,6 +72,29 @@ def test_the_kernel_is_the_grouped_matmuls_to_float32_rounding(kernel, shape):
     torch.testing.assert_close(ours, _matmuls(query, key, value, mask, d ** -0.5), atol=5e-6, rtol=1e-5)
 
 
+# Tiles of at most 8 rows go one row at a time (head sizes 64 and 128): rows of one query,
+# a lone row of two slots (keys split between threads), 8 rows of the largest narrow head
+# size, a length that ends 5 keys into a block of 16.
+NARROW_SHAPES = [(5, 9, 3, 1, 394, 64), (1, 9, 3, 2, 1000, 64), (2, 8, 2, 2, 300, 128), (3, 4, 4, 1, 37, 128)]
+
+
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous-mask", "strided-mask"])
+@pytest.mark.parametrize("shape", NARROW_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_rows_too_few_for_the_lanes_are_the_grouped_matmuls_too(kernel, shape, strided):
+    b, h, g, q, length, d = shape
+    gen, query, key, value = _inputs(shape)
+    allowed = torch.rand(b, q, length, generator=gen) > 0.3
+    allowed[..., 0] = True
+    allowed[..., length // 2: length // 2 + 40] = False  # blocks no query sees: skipped
+    mask = additive(allowed, torch.float32)
+    if strided:  # the keys' entries of a query apart in memory
+        mask = torch.stack([mask, torch.zeros_like(mask)], -1)[..., 0]
+        assert mask.stride(-1) == 2
+    with torch.inference_mode():
+        ours = cpu_kernels.step_attention(query, key, value, mask, d ** -0.5)
+    torch.testing.assert_close(ours, _matmuls(query, key, value, mask, d ** -0.5), atol=5e-6, rtol=1e-5)
+
+
 def test_a_mask_for_every_row_at_once_and_the_buffers_tail(kernel):
     """A (1, 1, Q, L) mask serves every row; keys beyond the filled slots (masked) count for
     nothing, as in the engine's step buffers."""
