@@ -34,7 +34,9 @@ of :mod:`~paralleldecode.decoding.cpu_kernels` where it builds (an AVX-512 CPU; 
 step 64 against 87 ms), other dtypes to two grouped matmuls. Where that module builds, a
 float32 step's linears go to its few-row kernel too (:class:`StepLinears`: each weight read
 once per step, packed by freezing; paragraph steps 25-30 against 35-41 ms on the AMD EPYC),
-in place of inductor's oneDNN linears and their concatenation.
+in place of inductor's oneDNN linears and their concatenation. A call's steps after its
+first skip dynamo's guard checks, the inputs being the ones the guards passed
+(:meth:`StepCompiler._call`: 1-1.5 ms off every step on the 2-core CPUs).
 
 On CUDA the compiled step is also captured as a CUDA graph at a call's second step and
 replayed for the rest of the call (:class:`StepGraph`): a step of a small model is otherwise
