@@ -190,12 +190,13 @@ def test_a_calls_later_steps_skip_the_guards(engines, monkeypatch):
     eager, compiled = engines["llama"]
     compiled.warm_up()
     calls = _count_guarded_calls(monkeypatch, StepCompiler.for_model(compiled.model))
-    ids = _prompts(compiled.tokenizer, 3)
     greedy = GenerationConfig(max_new_tokens=6, eos_token_ids=())
-    for _ in range(2):  # a second call has buffers of its own: its first step is guarded again
+    # a second call, of another width, has buffers of its own: its first step is guarded again
+    for n in (3, 4):
+        ids = _prompts(compiled.tokenizer, n)
         run = _same(eager, compiled, lambda: shared_prefix(ids, compiled.pad_id), greedy)[1]
         assert run.forward_passes - run.prefill_passes == 5
-    assert calls == [(1, 3), (1, 3)]
+    assert calls == [(1, 3), (1, 4)]
 
 
 @pytest.mark.slow
