@@ -89,6 +89,8 @@ BLOCK_SCORES = 1 << 21
 _registered: set[str] = set()
 # (the mask, its version, its span): the layers of one forward share the mask tensor.
 _last_span: tuple | None = None
+# [(a bool mask, its version, its additive float32 form)], likewise; emptied when the mask dies.
+_additive: list[tuple | None] = [None]
 
 
 def unswitchable(model, kernel: str, dtypes: tuple[torch.dtype, ...] = DTYPES) -> str | None:
@@ -210,8 +212,10 @@ def prefill_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     it takes it: a plain causal call (no mask, as many keys as queries: a shared prefix, a lone
     prompt) and a masked one of at least :data:`MIN_QUERIES` queries under an additive float32
     mask (branches, a chunk over the cache, left-padded rows; the engine's masks let every
-    query see at least itself). Fewer queries (the eager decoding steps), other masks and
-    dtypes, dropout, soft-capping, sliding windows, sinks and gradients go to sdpa.
+    query see at least itself) or under transformers' own bool mask (a plain chunk over the
+    cache, past ``plain_chunk`` tokens of context), made additive once per forward. Fewer
+    queries (the eager decoding steps), other dtypes, dropout, soft-capping, sliding windows,
+    sinks and gradients go to sdpa.
 
     Args:
         query: ``(B, H, Q, D)``; key, value: ``(B, G, L, D)`` with ``H`` a multiple of ``G``.
@@ -222,16 +226,40 @@ def prefill_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     """
     q = query.shape[2]
     plain = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    mask = attention_mask
     if attention_mask is None:
         takes = plain and q > 1 and q == key.shape[2]
     else:
         takes = q >= MIN_QUERIES and isinstance(attention_mask, torch.Tensor)
+        if takes and attention_mask.dtype == torch.bool and query.dtype == torch.float32:
+            mask = _additive_once(attention_mask)  # transformers' own (a plain chunk over the cache)
     if (takes and not dropout and all(kwargs.get(k) is None for k in _CHANGING)
-            and cpu_kernels.prefill_takes(query, key, value, attention_mask)):
+            and cpu_kernels.prefill_takes(query, key, value, mask)):
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        return cpu_kernels.prefill_attention(query, key, value, attention_mask, scale), None
+        return cpu_kernels.prefill_attention(query, key, value, mask, scale), None
     return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                  is_causal=is_causal, **kwargs)
+
+
+def _additive_once(mask: torch.Tensor) -> torch.Tensor:
+    """A bool ``(B or 1, 1, Q, L)`` mask (True = may see) as the kernel's additive float32 one
+    (0, or float32's minimum where hidden), made once per mask tensor: the layers of a forward
+    share it."""
+    try:
+        version = mask._version
+    except RuntimeError:  # an inference tensor: no version counter
+        version = -1
+    held = _additive[0]
+    if held is not None and held[0]() is mask and held[1] == version:
+        return held[2]
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
+        ~mask, torch.finfo(torch.float32).min)
+    def forget(ref) -> None:  # the mask died: free its float form (unless replaced already)
+        if _additive[0] is not None and _additive[0][0] is ref:
+            _additive[0] = None
+
+    _additive[0] = (weakref.ref(mask, forget), version, out)  # one mask at a time
+    return out
 
 
 def _register(name: str, function) -> None:

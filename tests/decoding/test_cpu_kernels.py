@@ -242,10 +242,11 @@ def test_bad_prefill_calls_name_what_the_kernel_takes(kernel):
 
 
 def test_the_eager_passes_send_the_kernel_only_what_it_takes(kernel):
-    """transformers calls the attention function with no mask for a plain causal pass and with
-    the engine's additive mask otherwise; both go to the kernel from MIN_QUERIES queries on
-    (the maskless one from two), and non-causal, soft-capped and sliding-window calls, bool
-    masks, a lone query, fewer masked queries and gradients stay with sdpa."""
+    """transformers calls the attention function with no mask for a plain causal pass, with
+    its own bool mask for a plain chunk over the cache and with the engine's additive mask
+    otherwise; all go to the kernel from MIN_QUERIES queries on (the maskless one from two),
+    and non-causal, soft-capped and sliding-window calls, a lone query, fewer masked queries,
+    bfloat16 and gradients stay with sdpa."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     gen = torch.Generator().manual_seed(3)
@@ -270,7 +271,12 @@ def test_the_eager_passes_send_the_kernel_only_what_it_takes(kernel):
         with pytest.raises(ValueError, match="softcap"):  # sdpa's own answer to it
             prefill_attention(module, query, key, value, None, softcap=30.0)
         assert kernel_calls(query, key, value, None, sliding_window=8) == 0
-        assert kernel_calls(query, key, value, allowed[:, None]) == 0
+        assert kernel_calls(query, key, value, allowed[:, None]) == 1
+        # a chunk over the cache: the bottom-right causal bool mask of Q queries over 2Q keys
+        over = torch.ones(q, 2 * q, dtype=torch.bool).tril(q)[None, None]
+        longer = [torch.cat([t, torch.randn(t.shape, generator=gen)], 2) for t in (key, value)]
+        assert kernel_calls(query, *longer, over) == 1
+        assert kernel_calls(query.bfloat16(), *(t.bfloat16() for t in longer), over) == 0
         assert kernel_calls(query[:, :, -1:], key, value, None) == 0
         assert kernel_calls(query[:, :, 1:], key, value, mask[:, :, 1:]) == 0
     assert kernel_calls(query, key, value, None) == 0  # gradients wanted
@@ -344,16 +350,17 @@ def _same_as_plain(model, tok, layout, cfg, **chunks):
 
 
 def test_an_engine_prefill_through_the_kernel_gives_the_plain_tokens(kernel, llama):
-    """A shared prefix in chunks of 96 (the first through the causal path and the kernel, the
-    next over the cache under transformers' bool masks, sdpa's) and ten branches of 8 (one
-    pass of 80 queries under the engine's mask, the kernel's)."""
+    """A shared prefix in chunks of 96 (the first through the causal path, the next two over
+    the cache under transformers' bool masks, all in the kernel; the last 12 tokens' chunk
+    sdpa's) and ten branches of 8 (one pass of 80 queries under the engine's mask, the
+    kernel's)."""
     model, tok = llama
     gen = torch.Generator().manual_seed(3)
     base = torch.randint(20, 400, (300,), generator=gen).tolist()
     seqs = [base + torch.randint(20, 400, (8,), generator=gen).tolist() for _ in range(10)]
     cfg = GenerationConfig(max_new_tokens=1, eos_token_ids=(), output_logits=True)
     calls = _same_as_plain(model, tok, shared_prefix(seqs, 0), cfg, prefill_chunk=96, plain_chunk=96)
-    assert calls == model.config.num_hidden_layers * 2
+    assert calls == model.config.num_hidden_layers * 4
 
 
 def test_a_columnar_prefill_through_the_kernel_gives_the_plain_tokens(kernel, tiny_models):
