@@ -254,6 +254,7 @@ def _additive_once(mask: torch.Tensor) -> torch.Tensor:
         return held[2]
     out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
         ~mask, torch.finfo(torch.float32).min)
+
     def forget(ref) -> None:  # the mask died: free its float form (unless replaced already)
         if _additive[0] is not None and _additive[0][0] is ref:
             _additive[0] = None
