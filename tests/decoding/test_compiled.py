@@ -7,6 +7,7 @@ model the compiler cannot take decodes eagerly with one warning.
 
 from __future__ import annotations
 
+import functools
 import logging
 import types
 
@@ -192,9 +193,8 @@ def test_a_calls_later_steps_skip_the_guards(engines, monkeypatch):
     calls = _count_guarded_calls(monkeypatch, StepCompiler.for_model(compiled.model))
     greedy = GenerationConfig(max_new_tokens=6, eos_token_ids=())
     # a second call, of another width, has buffers of its own: its first step is guarded again
-    for n in (3, 4):
-        ids = _prompts(compiled.tokenizer, n)
-        run = _same(eager, compiled, lambda: shared_prefix(ids, compiled.pad_id), greedy)[1]
+    for ids in (_prompts(compiled.tokenizer, 3), _prompts(compiled.tokenizer, 4)):
+        run = _same(eager, compiled, functools.partial(shared_prefix, ids, compiled.pad_id), greedy)[1]
         assert run.forward_passes - run.prefill_passes == 5
     assert calls == [(1, 3), (1, 4)]
 
