@@ -554,8 +554,8 @@ class StepCompiler:
         apart). A graph the skip would need to compile is refused by dynamo with an error,
         and the call is made again with the guards."""
         inputs = self._inputs(ids, positions, query_owner, key_owner, keys, values, at)
-        linears = self._linears.routed() if self._linears is not None else contextlib.nullcontext()
         if inputs == self._guarded:
+            linears = self._linears.routed() if self._linears is not None else contextlib.nullcontext()
             try:
                 with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True), linears:
                     return self._compiled()(ids, positions, query_owner, key_owner, keys, values, at)
