@@ -18,7 +18,10 @@ model allows it and copied into each row elsewhere, or a conversation kept from 
 previous turn), and the remaining prompt slots go through the model in chunks of
 at most ``prefill_chunk`` query slots per row, so no tensor grows with rows x L x L. A
 single row whose leading slots form a plain causal sequence (a shared prefix, a lone
-prompt) sends those through the model's own causal path, with no explicit mask at all.
+prompt) sends those through the model's own causal path, with no explicit mask at all,
+unless the whole prompt fits one chunk (then one masked pass). Stacked layouts (packing)
+that are short go one after another in a single row, one masked pass without padding, each
+seeing only its own slots.
 Where the steps compile, these eager passes run the model's linears on packed oneDNN
 weights (:mod:`~paralleldecode.decoding.packed`), its masked attention as blocked oneDNN
 matmuls where they win (:mod:`~paralleldecode.decoding.attention`) or, for float32 models
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -72,6 +76,7 @@ from paralleldecode.decoding.layout import (
     layout_mask,
     prefill_mask,
     shared_prefix,
+    side_by_side,
     stack_layouts,
 )
 from paralleldecode.decoding.memory import keep_freed_memory
@@ -255,7 +260,10 @@ class DecodingEngine:
             row's plain causal start (a shared prefix, a lone prompt) over an empty cache,
             which a causal kernel (the package's prefill kernel or torch's) computes without
             keeping scores; what follows goes in ``prefill_chunk`` passes. Smaller than
-            ``prefill_chunk`` means ``prefill_chunk``.
+            ``prefill_chunk`` means ``prefill_chunk``. Stacked short layouts (packing) are
+            prefilled side by side in one masked pass of up to ``sqrt(prefill_chunk x
+            plain_chunk)`` slots (2,048 by default): its mask is as large as a
+            ``prefill_chunk`` pass's over ``plain_chunk`` keys.
         compile: ``"auto"``, ``"on"`` or ``"off"``: whether decoding steps of 1D layouts
             run as one compiled graph (:mod:`~paralleldecode.decoding.compiled`, which says
             what ``auto`` picks); columnar layouts and a mixer always decode eagerly. The
@@ -281,6 +289,7 @@ class DecodingEngine:
         self.mix_layer = mix_layer
         self.prefill_chunk = prefill_chunk
         self.plain_chunk = max(plain_chunk, prefill_chunk)
+        self.side_by_side_slots = math.isqrt(self.prefill_chunk * self.plain_chunk)
         on, self.compile_note = resolve(compile, model)
         if compile in ("on", True) and not on:
             log.warning("compile: decoding eagerly: %s", self.compile_note)
@@ -611,7 +620,7 @@ class DecodingEngine:
         return first
 
     def _prefill(self, layout: Layout, logits: bool = True, decode_tokens: int = 0,
-                 shared: RowCache | None = None):
+                 shared: RowCache | None = None, segment: torch.Tensor | None = None):
         """Run the prompt slots through the model (see the module docstring).
 
         Args:
@@ -619,6 +628,9 @@ class DecodingEngine:
                 the cache with the prompt's.
             shared: the one past every row starts from (:meth:`_shared_past`), for the rows
                 to read in place instead of each holding a copy; None: copies.
+            segment: ``(B, T)``, for layouts laid side by side in a row
+                (:func:`~paralleldecode.decoding.layout.side_by_side`; no past): a slot
+                sees only its own segment's.
 
         Returns:
             the cache, ``(B, L)`` owners, token ids and columns (None unless columnar) of its
@@ -656,7 +668,7 @@ class DecodingEngine:
         rows = layout.stream_row.to(dev)
         picked: list[torch.Tensor | None] = [None] * layout.num_streams
         passes = 0
-        for a, z, plain in self._chunks(layout, key_owner, offset):
+        for a, z, plain in self._chunks(layout, key_owner, offset, segment):
             ending = [i for i in range(layout.num_streams) if a <= int(last[i]) < z] if logits else []
             # A pass where no stream's prompt ends computes no logits (an empty index).
             keep = torch.unique(last[ending]) - a if ending else last.new_empty(0)
@@ -669,7 +681,7 @@ class DecodingEngine:
                     mask = column_mask(owner[:, a:z], columns[:, a:z], owner[:, :z], columns[:, :z],
                                        layout.isolate)
                 else:
-                    mask = prefill_mask(key_owner[:, : offset + z], offset + a)
+                    mask = prefill_mask(key_owner[:, : offset + z], offset + a, segment)
                 out = self._forward(ids[:, a:z], positions[:, a:z], mask, cache, keep)
             passes += 1
             for i in ending:
@@ -678,30 +690,41 @@ class DecodingEngine:
         return cache, key_owner, key_ids, columns, stacked, passes
 
     def _prefill_parts(self, parts: list[Layout], logits: bool, decode_tokens: int):
-        """Prefill stacked layouts in batches of similar length (:func:`part_batches`: short
-        parts as the left-padded rows of one masked call, the others alone, each with its own
-        plain prefix), then lay their caches side by side as the rows of one, each
-        left-padded to the longest: the decoding steps then serve all of them at once.
+        """Prefill stacked layouts in batches (:func:`part_batches`: short one-row parts one
+        after another in a single row, each seeing only its own slots; the others alone,
+        each with its own plain prefix), then lay their caches side by side as the rows of
+        one, each left-padded to the longest: the decoding steps then serve all of them at
+        once.
 
         Short parts go together because one part of a few hundred slots is a call of small
-        matmuls and hundreds of host-bound ops: measured on the embedded model (2-core Intel
-        Xeon, fp32, eager), 32 `one_sequence` SQuAD groups in stacks of eight prefilled in
-        9.2-9.8 s part by part and 7.3-7.5 s in these batches (three alternating runs)."""
+        matmuls and hundreds of host-bound ops, and in one row because rows would be padded
+        to the longest part (and in one pass, because passes of ``prefill_chunk`` over the
+        row cost as much again as the padding saved): measured on the embedded model (fp32,
+        2-core AMD EPYC, alternating in one process), two stacks of eight `one_sequence`
+        SQuAD groups (2,475 and 2,537 slots) prefilled in 7.2-7.7 s as left-padded rows
+        (two calls a stack, padded to at most 1.25x their slots) and in 6.3-6.8 s side by
+        side in passes of at most 2,048 slots; in passes of 512 they took 6.4-7.4 s against
+        the padded rows' 6.9-7.1 (two more runs)."""
         done: list = [None] * len(parts)
         passes = 0
-        for batch in part_batches(parts, self.plain_chunk, self.prefill_chunk):
-            together = parts[batch[0]] if len(batch) == 1 else replace(
-                stack_layouts([parts[i] for i in batch], self.pad_id), parts=None)
-            cache, owner, ids, columns, picked, n = self._prefill(together, logits)
+        for batch in part_batches(parts, self.side_by_side_slots, self.prefill_chunk):
+            segment = None
+            if len(batch) == 1:
+                together = parts[batch[0]]
+            else:
+                together, segment = side_by_side([parts[i] for i in batch])
+            cache, owner, ids, columns, picked, n = self._prefill(together, logits, segment=segment)
             passes += n
-            row = stream = 0
-            for i in batch:  # each part's rows, its streams numbered from 0 again
-                b, s = parts[i].input_ids.shape[0], parts[i].num_streams
-                rows = slice(row, row + b)
-                own = torch.where(owner[rows] >= 0, owner[rows] - stream, owner[rows])
-                done[i] = (cache, rows, own, ids[rows], None if columns is None else columns[rows],
+            row = slot = stream = 0
+            for i in batch:  # each part's rows or slots, its streams numbered from 0 again
+                (b, t), s = parts[i].input_ids.shape, parts[i].num_streams
+                # where the part is: its rows of the call, or its slots of the one row
+                at = (slice(row, row + b), slice(None)) if segment is None else (slice(0, 1), slice(slot, slot + t))
+                own = torch.where(owner[at] >= 0, owner[at] - stream, owner[at])
+                done[i] = (cache, (at[0], slice(None), at[1]), own, ids[at],
+                           None if columns is None else columns[at],
                            None if picked is None else picked[stream:stream + s])
-                row, stream = row + b, stream + s
+                row, slot, stream = row + b, slot + t, stream + s
         length = max(d[2].shape[1] for d in done)
         cache = new_cache(self.model.config, reserved_slots(length + decode_tokens, self.device))
 
@@ -719,7 +742,8 @@ class DecodingEngine:
         picked = torch.cat([d[5] for d in done]) if logits else None
         return cache, key_owner, key_ids, columns, picked, passes
 
-    def _chunks(self, layout: Layout, key_owner: torch.Tensor, offset: int) -> list[tuple[int, int, bool]]:
+    def _chunks(self, layout: Layout, key_owner: torch.Tensor, offset: int,
+                segment: torch.Tensor | None = None) -> list[tuple[int, int, bool]]:
         """``(start, stop, plain)`` slot ranges of the layout's own slots, at most
         ``prefill_chunk`` long; ``plain`` ranges go through the model's causal path. The
         first plain range over an empty cache may be ``plain_chunk`` long: with nothing
@@ -727,9 +751,19 @@ class DecodingEngine:
         masked half and keeps no scores), where a later chunk attends over the cache
         through a ``chunk x L`` mask. Measured on the embedded model (a 4,772-token
         context, ten branches, fp32, 2-core Intel Xeon): 9.5 s in chunks of 512, 8.8 s
-        with the context in one pass."""
+        with the context in one pass.
+
+        A prompt over an empty cache that fits one ``prefill_chunk`` goes in one masked
+        pass even where it starts plain: its branches alone would be a pass of a few dozen
+        rows, which reads every weight for little work. Measured on ten SQuAD paragraph
+        groups of `one_sequence` (257-459 slots, embedded model, fp32, 2-core AMD EPYC,
+        alternating in one process): 4.6-5.3 s in one pass each against 5.0-5.7 s split."""
         t = layout.input_ids.shape[1]
         plain_end = self._plain_length(layout, key_owner, offset)
+        if segment is not None:  # layouts side by side: one masked pass (part_batches bounds it)
+            return [(0, t, False)]
+        if offset == 0 and 0 < plain_end < t <= self.prefill_chunk:
+            return [(0, t, False)]
         bounds = []
         a = 0
         if plain_end and offset == 0:
@@ -912,19 +946,13 @@ class DecodingEngine:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-# Short stacked parts are prefilled together while the padded call holds at most this many
-# times the slots of its parts (left padding to the longest): measured on SQuAD groups, a
-# padded call of 1.3x the slots was 15-20% faster than the parts one by one, 1.4x only 4-7%.
-PART_BATCH_PADDING = 1.25
-
-
 def part_batches(parts: list[Layout], most_slots: int, widest: int) -> list[list[int]]:
     """Which stacked parts :meth:`DecodingEngine._prefill_parts` prefills together: indices
-    into ``parts``, batches of one-row parts of similar width (sorted by it) whose padded
-    call holds at most ``most_slots`` slots and :data:`PART_BATCH_PADDING` times the parts'
-    own. Parts of several rows (already a batched call each: `batch` packed this way was
-    1.30x unpacked against 1.39x part by part), wider than ``widest`` slots (one long call
-    each), starting from a cache (``past``) or columnar are prefilled alone."""
+    into ``parts``, runs of one-row parts in their order, each run at most ``most_slots``
+    slots in all (one row, no padding). Parts of several rows (already a batched call each:
+    `batch` packed with its rows stacked was 1.30x unpacked against 1.39x part by part),
+    wider than ``widest`` slots (one long call each, with its own plain start), starting
+    from a cache (``past``) or columnar are prefilled alone."""
     alone, short = [], []
     for i, p in enumerate(parts):
         b, w = p.input_ids.shape
@@ -933,10 +961,9 @@ def part_batches(parts: list[Layout], most_slots: int, widest: int) -> list[list
     batches: list[list[int]] = [[i] for i in alone]
     batch: list[int] = []
     slots = 0
-    for i in sorted(short, key=lambda i: parts[i].input_ids.shape[1]):
+    for i in short:
         w = parts[i].input_ids.shape[1]
-        padded = (len(batch) + 1) * w  # sorted: this part is the widest so far
-        if batch and (padded > most_slots or padded > PART_BATCH_PADDING * (slots + w)):
+        if batch and slots + w > most_slots:
             batches.append(batch)
             batch, slots = [], 0
         batch.append(i)

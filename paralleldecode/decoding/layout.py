@@ -186,14 +186,17 @@ def visibility(query_owner: torch.Tensor, key_owner: torch.Tensor) -> torch.Tens
     return ((k == q) | (k == SHARED)) & (k != PAD)
 
 
-def prefill_mask(owner: torch.Tensor, start: int = 0) -> torch.Tensor:
+def prefill_mask(owner: torch.Tensor, start: int = 0, segment: torch.Tensor | None = None) -> torch.Tensor:
     """``(B, T - start, T)`` bool mask for the prompt slots ``start..T-1`` (a chunk of a
     prefill, whose keys are every slot up to it): visible, causal by slot order; pads see
-    themselves. ``start=0`` is a whole prompt."""
+    themselves. ``start=0`` is a whole prompt. ``segment``: ``(B, T)``, for layouts laid
+    side by side in a row (:func:`side_by_side`): a slot sees only its own segment's."""
     t = owner.shape[1]
     q = torch.arange(start, t, device=owner.device)[:, None]
     causal = torch.arange(t, device=owner.device)[None, :] <= q
     mask = visibility(owner[:, start:], owner) & causal
+    if segment is not None:
+        mask &= segment[:, start:t, None] == segment[:, None, :t]
     return mask | _pad_self(owner[:, start:], t, start)
 
 
@@ -357,3 +360,33 @@ def stack_layouts(layouts: list[Layout], pad_id: int) -> Layout:
         groups += int(lay.stream_group.max()) + 1 if lay.num_streams else 0
     return Layout(**{k: torch.cat(v) for k, v in parts.items()}, isolate=first.isolate, pending=pending,
                   past=past if any(p is not None for p in past) else None, parts=list(layouts))
+
+
+def side_by_side(layouts: list[Layout]) -> tuple[Layout, torch.Tensor]:
+    """One-row layouts one after another in a single row, for one prefill without padding.
+
+    Streams are numbered as :func:`stack_layouts` numbers them (layout ``k``'s after the
+    streams of the layouts before it); positions stay each layout's own. The row is only a
+    prefill's: its slots must see their own layout's alone, which :func:`prefill_mask` does
+    given the returned ``(1, T)`` segment (layout ``k``'s slots hold ``k``).
+
+    Raises:
+        ValueError: a layout has several rows, 2D positions or a past.
+    """
+    if any(lay.input_ids.shape[0] != 1 or lay.columnar or lay.past_tokens for lay in layouts):
+        raise ValueError("side_by_side takes one-row layouts with 1D positions and no past")
+    ids, positions, owner, last, segment, pending = [], [], [], [], [], []
+    streams = width = 0
+    for k, lay in enumerate(layouts):
+        ids.append(lay.input_ids)
+        positions.append(lay.position_ids)
+        owner.append(torch.where(lay.owner >= 0, lay.owner + streams, lay.owner))
+        last.append(lay.last_slot + width)
+        segment.append(torch.full_like(lay.owner, k))
+        pending += lay.pending
+        streams += lay.num_streams
+        width += lay.input_ids.shape[1]
+    row = Layout(input_ids=torch.cat(ids, 1), position_ids=torch.cat(positions, 1), owner=torch.cat(owner, 1),
+                 stream_row=torch.zeros(streams, dtype=torch.long), last_slot=torch.cat(last),
+                 next_position=torch.cat([lay.next_position for lay in layouts]), pending=pending)
+    return row, torch.cat(segment, 1)

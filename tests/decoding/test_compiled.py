@@ -250,12 +250,12 @@ def test_a_compiled_cpu_engine_runs_its_attention_in_the_fused_kernels(engines):
         run = compiled.generate(shared_prefix(ids, compiled.pad_id), greedy)
     calls = {e.key: e.count for e in prof.key_averages() if e.key.startswith("paralleldecode_cpu::")}
     layers = compiled.model.config.num_hidden_layers
-    # every layer of 4 steps, and of the shared prefix's plain causal pass in the prefill (the
-    # branches' pass has fewer than MIN_QUERIES queries: sdpa's); the steps' seven linears per
-    # layer and the head in the few-row kernel, their weights packed when the graph froze
-    # (no pack_linear call at run time)
+    # every layer of 4 steps (the prompt fits one prefill chunk: one masked pass of fewer
+    # than MIN_QUERIES queries, sdpa's); the steps' seven linears per layer and the head in
+    # the few-row kernel, their weights packed when the graph froze (no pack_linear call at
+    # run time)
+    assert run.prefill_passes == 1
     assert run.compiled and calls == {"paralleldecode_cpu::step_attention": layers * 4,
-                                      "paralleldecode_cpu::prefill_attention": layers,
                                       "paralleldecode_cpu::few_linear": (7 * layers + 1) * 4}
     assert "and attention in the fused CPU kernel" in compiled.compile_note
     plain = eager.generate(shared_prefix(ids, eager.pad_id), greedy)

@@ -19,7 +19,7 @@ from paralleldecode.decoding import (
 from paralleldecode.decoding.cache import RowCache
 from paralleldecode.decoding.columnar import columnar_prompts
 from paralleldecode.decoding.engine import part_batches
-from paralleldecode.decoding.layout import SHARED, Layout, stack_layouts
+from paralleldecode.decoding.layout import SHARED, Layout, side_by_side, stack_layouts
 from paralleldecode.models.loading import cache_keyword, load_causal_lm
 from paralleldecode.models.rope2d import install_rope2d
 
@@ -110,21 +110,27 @@ def test_plain_chunk_must_be_positive(model_and_tok):
 def test_a_lone_prompt_takes_the_plain_path_and_a_shared_prefix_splits_there(model_and_tok):
     model, tok = model_and_tok
     ids = _ids(tok)
-    engine = DecodingEngine(model, tok)
+    lay = shared_prefix(ids, tok.pad_token_id)
+    width = lay.input_ids.shape[1]
     calls = []
     hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw.get("attention_mask")),
                                            with_kwargs=True)
+    one = GenerationConfig(max_new_tokens=1)
     try:
-        engine.generate(independent_rows(ids[:1], tok.pad_token_id), GenerationConfig(max_new_tokens=1))
+        DecodingEngine(model, tok).generate(independent_rows(ids[:1], tok.pad_token_id), one)
         assert calls == [None]  # one plain call: no explicit mask
         calls.clear()
-        lay = shared_prefix(ids, tok.pad_token_id)
-        engine.generate(lay, GenerationConfig(max_new_tokens=1))
-        # The prefix and the first branch read as one causal sequence: plain; the other
-        # branches need the mask.
+        # A prompt that fits one prefill chunk is one masked call, its start plain or not.
+        first = DecodingEngine(model, tok, prefill_chunk=width).generate(lay, one)
+        assert len(calls) == 1 and calls[0].shape[-2:] == (width, width)
+        calls.clear()
+        # A longer one: the prefix and the first branch read as one causal sequence (plain),
+        # the other branches need the mask.
+        split = DecodingEngine(model, tok, prefill_chunk=width - 1, plain_chunk=width).generate(lay, one)
         plain = int((lay.owner == SHARED).sum()) + int((lay.owner == 0).sum())
         assert calls[0] is None and calls[1] is not None
-        assert calls[1].shape[-2:] == (lay.input_ids.shape[1] - plain, lay.input_ids.shape[1])
+        assert calls[1].shape[-2:] == (width - plain, width)
+        assert _tokens(split) == _tokens(first)
     finally:
         hook.remove()
 
@@ -220,36 +226,61 @@ def test_stacked_layouts_decode_as_they_do_alone(model_and_tok):
     assert res.prompt_tokens_processed == sum(p.processed_tokens for p in parts)
 
 
-def test_short_parts_of_similar_width_are_prefilled_together(model_and_tok):
+def test_short_parts_are_prefilled_side_by_side_in_one_pass(model_and_tok):
     model, tok = model_and_tok
     engine = DecodingEngine(model, tok)
     long_past = "The quick brown fox jumps over the lazy dog near the old mill by the river. "
     groups = [_ids(tok), _ids(tok, [p.replace("1871", "1872") for p in PROMPTS]),
               _ids(tok, [long_past * 3 + "Who jumps?", long_past * 3 + "Over what?"])]
     parts = [shared_prefix(g, tok.pad_token_id) for g in groups]
-    # The first two are as wide as each other, the third far wider: it goes alone.
-    assert part_batches(parts, engine.plain_chunk, engine.prefill_chunk) == [[0, 1], [2]]
+    assert part_batches(parts, engine.side_by_side_slots, engine.prefill_chunk) == [[0, 1, 2]]
     alone = [engine.generate(p, GREEDY) for p in parts]
-    res = engine.generate(stack_layouts(parts, tok.pad_token_id), GREEDY)
+    masks = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: masks.append(kw.get("attention_mask")),
+                                           with_kwargs=True)
+    try:
+        res = engine.generate(stack_layouts(parts, tok.pad_token_id), GREEDY)
+    finally:
+        hook.remove()
     assert _tokens(res) == [t for a in alone for t in _tokens(a)]
-    # One masked call for the pair where alone each took a plain pass and a branch pass.
-    steps = max(len(t) for t in _tokens(res)) - 1
-    assert res.forward_passes - steps < sum(a.forward_passes - (max(len(t) for t in _tokens(a)) - 1) for a in alone)
+    # One masked pass over the three parts' slots one after another (no padding), where
+    # alone each took one; a slot sees its own part's slots alone.
+    width = sum(p.input_ids.shape[1] for p in parts)
+    assert res.prefill_passes == 1 and masks[0].shape[-2:] == (width, width)
+    seen = masks[0][0, 0] == 0
+    first, second = parts[0].input_ids.shape[1], parts[1].input_ids.shape[1]
+    assert not seen[first:, :first].any() and not seen[first + second:, first:first + second].any()
+    assert seen[first, first] and seen[first + second, first + second]
+    # ... and a smaller budget splits them: a third pass.
+    small = DecodingEngine(model, tok, prefill_chunk=first + second, plain_chunk=first + second)
+    assert small.side_by_side_slots == first + second
+    split = small.generate(stack_layouts(parts, tok.pad_token_id), GREEDY)
+    assert _tokens(split) == _tokens(res) and split.prefill_passes > 1
 
 
-def test_part_batches_keep_padding_and_size_bounded():
+def test_side_by_side_keeps_each_layouts_positions_and_streams(model_and_tok):
+    _, tok = model_and_tok
+    a, b = shared_prefix(_ids(tok), tok.pad_token_id), independent_rows(_ids(tok)[:1], tok.pad_token_id)
+    row, segment = side_by_side([a, b])
+    wa = a.input_ids.shape[1]
+    assert row.input_ids.shape == (1, wa + b.input_ids.shape[1]) and row.num_streams == a.num_streams + 1
+    assert torch.equal(row.position_ids[:, wa:], b.position_ids) and torch.equal(row.owner[:, :wa], a.owner)
+    assert row.owner[0, -1] == a.num_streams and row.last_slot[-1] == wa + b.last_slot[0]
+    assert segment[0].tolist() == [0] * wa + [1] * b.input_ids.shape[1]
+    with pytest.raises(ValueError, match="one-row layouts"):
+        side_by_side([stack_layouts([a, a], tok.pad_token_id)])
+
+
+def test_part_batches_keep_runs_of_short_parts_bounded():
     def rows(*widths):
         return independent_rows([[1] * w for w in widths], 0)
 
     parts = [rows(40), rows(10), rows(11, 12), rows(12), rows(600), rows(39), rows(11)]
-    # Two rows (already a batched call) and 600 slots (wider than a chunk) go alone; sorted by
-    # width, 10, 11 and 12 go together (padded to 36 slots from 33), then 39 and 40.
-    assert part_batches(parts, most_slots=8192, widest=512) == [[2], [4], [1, 6, 3], [5, 0]]
-    # At most 60 slots in a padded call: the 40-wide pair no longer fits together.
-    assert part_batches(parts, most_slots=60, widest=512) == [[2], [4], [1, 6, 3], [5], [0]]
-    # 10 and 20 pad to 40 slots, 1.33x their 30: apart; 10 and 14 pad to 1.17x: together.
-    assert part_batches([rows(10), rows(20)], 8192, 512) == [[0], [1]]
-    assert part_batches([rows(14), rows(10)], 8192, 512) == [[1, 0]]
+    # Two rows (already a batched call) and 600 slots (wider than a chunk) go alone; the
+    # others go side by side in their order.
+    assert part_batches(parts, most_slots=2048, widest=512) == [[2], [4], [0, 1, 3, 5, 6]]
+    # At most 60 slots in a run: a new one starts where the next part would not fit.
+    assert part_batches(parts, most_slots=60, widest=512) == [[2], [4], [0, 1], [3, 5], [6]]
     # A part starting from a cache is prefilled alone.
     with_past = dataclasses.replace(rows(10), past=[RowCache([1, 2], [], [])])
     assert part_batches([with_past, rows(10), rows(10)], 8192, 512) == [[0], [1, 2]]
