@@ -65,9 +65,9 @@ class Layout:
             None for a row without): positions then continue after it, and every stream of
             the row sees it. None = no row has any.
         parts: for a layout stacked from others (:func:`stack_layouts`), those layouts in
-            order; the engine prefills them apart or in batches of similar length (little
-            spent on padding them to a common length; see
-            :func:`~paralleldecode.decoding.engine.part_batches`) and decodes them together.
+            order; the engine prefills them apart or, short ones, side by side in one row
+            (:func:`side_by_side`, :func:`~paralleldecode.decoding.engine.part_batches`)
+            and decodes them together.
     """
 
     input_ids: torch.Tensor
