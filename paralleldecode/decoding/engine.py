@@ -759,9 +759,9 @@ class DecodingEngine:
         groups of `one_sequence` (257-459 slots, embedded model, fp32, 2-core AMD EPYC,
         alternating in one process): 4.6-5.3 s in one pass each against 5.0-5.7 s split."""
         t = layout.input_ids.shape[1]
-        plain_end = self._plain_length(layout, key_owner, offset)
         if segment is not None:  # layouts side by side: one masked pass (part_batches bounds it)
             return [(0, t, False)]
+        plain_end = self._plain_length(layout, key_owner, offset)
         if offset == 0 and 0 < plain_end < t <= self.prefill_chunk:
             return [(0, t, False)]
         bounds = []
