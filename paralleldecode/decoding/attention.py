@@ -71,7 +71,7 @@ import weakref
 import torch
 
 from paralleldecode.decoding import cpu_kernels
-from paralleldecode.decoding.packed import Router
+from paralleldecode.decoding.packed import Router, version
 
 log = logging.getLogger(__name__)
 
@@ -245,12 +245,9 @@ def _additive_once(mask: torch.Tensor) -> torch.Tensor:
     """A bool ``(B or 1, 1, Q, L)`` mask (True = may see) as the kernel's additive float32 one
     (0, or float32's minimum where hidden), made once per mask tensor: the layers of a forward
     share it."""
-    try:
-        version = mask._version
-    except RuntimeError:  # an inference tensor: no version counter
-        version = -1
+    seen = version(mask)
     held = _additive[0]
-    if held is not None and held[0]() is mask and held[1] == version:
+    if held is not None and held[0]() is mask and held[1] == seen:
         return held[2]
     out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
         ~mask, torch.finfo(torch.float32).min)
@@ -259,7 +256,7 @@ def _additive_once(mask: torch.Tensor) -> torch.Tensor:
         if _additive[0] is not None and _additive[0][0] is ref:
             _additive[0] = None
 
-    _additive[0] = (weakref.ref(mask, forget), version, out)  # one mask at a time
+    _additive[0] = (weakref.ref(mask, forget), seen, out)  # one mask at a time
     return out
 
 
@@ -285,12 +282,9 @@ def masked_span(mask: torch.Tensor) -> tuple[int, int] | None:
     see every key, or None when some query sees no key (an additive mask's finite minimum
     counts as seen, as it does for sdpa). Computed once per mask tensor."""
     global _last_span
-    try:
-        version = mask._version
-    except RuntimeError:  # an inference tensor: no version counter
-        version = -1
+    seen = version(mask)
     held = _last_span
-    if held is not None and held[0]() is mask and held[1] == version:
+    if held is not None and held[0]() is mask and held[1] == seen:
         return held[2]
     if mask.dtype == torch.bool:
         blind = bool((~mask.any(-1)).any())
@@ -300,7 +294,7 @@ def masked_span(mask: torch.Tensor) -> tuple[int, int] | None:
     if not blind:
         columns = _blocked(mask).flatten(0, -2).any(0).nonzero()
         span = (int(columns[0]), int(columns[-1]) + 1) if len(columns) else (0, 0)
-    _last_span = (weakref.ref(mask), version, span)
+    _last_span = (weakref.ref(mask), seen, span)
     return span
 
 

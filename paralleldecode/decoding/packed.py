@@ -50,6 +50,15 @@ def available(model) -> str | None:
     return None
 
 
+def version(tensor: torch.Tensor) -> int:
+    """``tensor``'s version counter (it counts in-place writes), or -1 for an inference
+    tensor, which has none: then only a new tensor is seen as a change."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return -1
+
+
 class Router:
     """A routing that holds while any caller is inside :meth:`routed`: nested, and across
     threads (one lock; the first caller in routes, the last one out undoes it). One
@@ -143,11 +152,7 @@ class PackedLinears(ModuleRouter):
     def weight(self, module: torch.nn.Linear) -> torch.Tensor:
         """``module``'s packed weight, packed again when the weight changed since."""
         w = module.weight
-        try:
-            version = w._version
-        except RuntimeError:  # an inference tensor has no version counter: only a new one is seen
-            version = -1
-        key = (w.data_ptr(), version, tuple(w.shape), w.dtype)
+        key = (w.data_ptr(), version(w), tuple(w.shape), w.dtype)
         held = self._packed.get(id(module))
         if held is None or held[0] != key:
             with torch.no_grad():
@@ -179,4 +184,4 @@ class PackedLinears(ModuleRouter):
         return functools.partial(self._forward, module)
 
 
-__all__ = ["PACKED_DTYPES", "ModuleRouter", "PackedLinears", "Router", "available"]
+__all__ = ["PACKED_DTYPES", "ModuleRouter", "PackedLinears", "Router", "available", "version"]
