@@ -260,6 +260,11 @@ def test_a_compiled_cpu_engine_runs_its_attention_in_the_fused_kernels(engines):
     assert "and attention in the fused CPU kernel" in compiled.compile_note
     plain = eager.generate(shared_prefix(ids, eager.pad_id), greedy)
     assert [s.token_ids for s in run.streams] == [s.token_ids for s in plain.streams]
+    # a lone prompt's prefill is one plain causal pass: every layer of it in the prefill kernel
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        compiled.prefill(independent_rows(ids[:1], compiled.pad_id))
+    calls = {e.key: e.count for e in prof.key_averages() if e.key.startswith("paralleldecode_cpu::")}
+    assert calls == {"paralleldecode_cpu::prefill_attention": layers}
 
 
 def test_grouped_attention_is_sdpa_to_its_dtype_rounding():
