@@ -64,10 +64,10 @@ def test_branches_give_batch_answers_token_for_token(tiny_models, arch, attn):
     one = get_strategy("one_sequence").run(GROUP, ctx)
     assert [r.raw for r in one.results] == [r.raw for r in batch.results]
     assert [r.generated_tokens for r in one.results] == [r.generated_tokens for r in batch.results]
-    # The same decoding steps; the prompt fits one prefill chunk, so it is one masked call
-    # as the batch's is (test_prefill_plans: a longer one starts with a plain pass).
+    # The prompt fits one prefill chunk, so it is one masked call as the batch's is
+    # (test_prefill_plans: a longer one starts with a plain pass) ...
     assert one.cost.forward_passes == batch.cost.forward_passes
-    # ... and the same decoding steps: only the prefill's passes differ.
+    # ... and the decoding steps are the same.
     assert one.cost.decode_passes == batch.cost.decode_passes == batch.cost.forward_passes - 1
 
 
